@@ -1,0 +1,233 @@
+"""Velocity models v_theta(x, t) for flow matching: a single MLP and a batched ensemble.
+
+Both models compute, for a point ``x`` in R^d and a time ``t`` in [0, 1],
+
+    e(t)    = [t, sin(w_1 t), ..., sin(w_K t), cos(w_1 t), ..., cos(w_K t)]      (M.1)
+    w_j     = max_freq ** ((j - 1) / (K - 1)),  j = 1..K  (w_1 = 1 when K = 1)    (M.2)
+    h_0     = concat(x, e(t))                                                      (M.3)
+    h_l     = SiLU(h_{l-1} W_l + b_l),  l = 1..depth                               (M.4)
+    v(x, t) = h_depth W_out + b_out                                                (M.5)
+
+``VelocityEnsemble`` holds M such networks with every weight stacked along a leading
+member axis and evaluates all of them with one ``torch.baddbmm`` per layer, so member i
+is numerically the same model as ``VelocityMLP(config, seeds[i])``. With a loss that is
+a sum over members, gradients (and any elementwise optimiser such as Adam) act on each
+member exactly as on a separate model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["MLPConfig", "VelocityEnsemble", "VelocityMLP", "time_embedding"]
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    """Architecture of a velocity MLP: data ``dim``, ``depth`` hidden layers of width
+    ``hidden``, and a time embedding with ``n_freqs`` frequencies up to ``max_freq``."""
+
+    dim: int
+    hidden: int = 128
+    depth: int = 3
+    n_freqs: int = 8
+    max_freq: float = 100.0
+
+    def __post_init__(self) -> None:
+        for name in ("dim", "hidden", "depth", "n_freqs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"{name}={value!r} is not allowed: {name} must be an integer >= 1"
+                )
+        mf = self.max_freq
+        if isinstance(mf, bool) or not isinstance(mf, (int, float)) or not (
+            math.isfinite(mf) and mf > 0
+        ):
+            raise ValueError(
+                f"max_freq={mf!r} is not allowed: max_freq must be a finite number > 0"
+            )
+
+    @property
+    def in_features(self) -> int:
+        """Width of the network input ``concat(x, e(t))``: ``dim + 1 + 2 * n_freqs``."""
+        return self.dim + 1 + 2 * self.n_freqs
+
+
+def time_embedding(t: Tensor | float, n_freqs: int, max_freq: float) -> Tensor:
+    """Fourier features of time, (M.1)-(M.2):
+
+        e(t) = [t, sin(w_1 t), ..., sin(w_K t), cos(w_1 t), ..., cos(w_K t)],
+        w_j  = max_freq ** ((j - 1) / (K - 1))   (geometric from 1 to max_freq, rad/unit t),
+
+    with ``K = n_freqs``. Returns shape ``t.shape + (1 + 2 * n_freqs,)`` in t's dtype
+    (a Python float becomes a float32 scalar tensor).
+    """
+    t = torch.as_tensor(t)
+    if not t.is_floating_point():
+        t = t.to(torch.get_default_dtype())
+    exps = torch.arange(n_freqs, dtype=t.dtype, device=t.device) / max(n_freqs - 1, 1)
+    freqs = float(max_freq) ** exps
+    angles = t.unsqueeze(-1) * freqs
+    return torch.cat([t.unsqueeze(-1), torch.sin(angles), torch.cos(angles)], dim=-1)
+
+
+def _shape_error(what: str, got: tuple[int, ...], allowed: str) -> ValueError:
+    return ValueError(f"{what} has shape {list(got)}, which is not allowed: {allowed}")
+
+
+def _uniform_(tensor: Tensor, bound: float, generator: torch.Generator) -> None:
+    with torch.no_grad():
+        tensor.uniform_(-bound, bound, generator=generator)
+
+
+class VelocityMLP(nn.Module):
+    """A single velocity network v(x, t), equations (M.1)-(M.5).
+
+    With ``seed`` given, every weight and bias is drawn from
+    ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` (nn.Linear's default distribution) using a
+    private ``torch.Generator(seed)``, layer by layer (weight then bias), leaving torch's
+    global RNG untouched. With ``seed=None`` nn.Linear's default initialisation is used.
+    """
+
+    def __init__(self, config: MLPConfig, seed: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        widths = [config.in_features] + [config.hidden] * config.depth + [config.dim]
+        self.layers = nn.ModuleList(
+            nn.utils.skip_init(nn.Linear, fan_in, fan_out)
+            for fan_in, fan_out in zip(widths[:-1], widths[1:])
+        )
+        if seed is None:
+            for layer in self.layers:
+                layer.reset_parameters()
+        else:
+            gen = torch.Generator().manual_seed(int(seed))
+            for layer in self.layers:
+                bound = 1.0 / math.sqrt(layer.in_features)
+                _uniform_(layer.weight, bound, gen)
+                _uniform_(layer.bias, bound, gen)
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Velocity at ``x`` (shape [..., N, d]) and ``t`` (broadcastable to
+        ``x.shape[:-1]``, e.g. [N], [..., N] or a float); returns [..., N, d]."""
+        d = self.config.dim
+        if x.dim() < 1 or x.shape[-1] != d:
+            raise _shape_error("x", tuple(x.shape), f"x must have shape [..., N, {d}]")
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        try:
+            ok = torch.broadcast_shapes(t.shape, x.shape[:-1]) == x.shape[:-1]
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise _shape_error(
+                "t", tuple(t.shape),
+                f"t must broadcast to x.shape[:-1]={list(x.shape[:-1])} "
+                f"(x has shape {list(x.shape)})",
+            )
+        cfg = self.config
+        emb = time_embedding(t.expand(x.shape[:-1]), cfg.n_freqs, cfg.max_freq)
+        h = torch.cat([x, emb], dim=-1)
+        for layer in self.layers[:-1]:
+            h = F.silu(layer(h))
+        return self.layers[-1](h)
+
+
+class VelocityEnsemble(nn.Module):
+    """M velocity MLPs evaluated together; member i equals ``VelocityMLP(config, seeds[i])``.
+
+    Layer l stores ``weights[l]`` of shape [M, in, out] (the transpose of nn.Linear's
+    [out, in]) and ``biases[l]`` of shape [M, out]; the forward pass is
+    ``h <- SiLU(baddbmm(b[:, None, :], h, W))`` per hidden layer, with no loop over members.
+    """
+
+    weights: nn.ParameterList
+    biases: nn.ParameterList
+
+    def __init__(self, config: MLPConfig, seeds: Sequence[int]) -> None:
+        super().__init__()
+        seeds = list(seeds)
+        if not seeds:
+            raise ValueError("seeds=[] is not allowed: an ensemble needs at least one seed")
+        self._load([VelocityMLP(config, s) for s in seeds])
+
+    @classmethod
+    def from_models(cls, models: Sequence[VelocityMLP]) -> VelocityEnsemble:
+        """Stack already-built models (all with the same config) into an ensemble."""
+        models = list(models)
+        if not models:
+            raise ValueError("models=[] is not allowed: an ensemble needs at least one model")
+        configs = {m.config for m in models}
+        if len(configs) != 1:
+            raise ValueError(
+                f"models have {len(configs)} different configs, which is not allowed: "
+                "all members must share one MLPConfig"
+            )
+        ens = cls.__new__(cls)
+        nn.Module.__init__(ens)
+        ens._load(models)
+        return ens
+
+    def _load(self, models: list[VelocityMLP]) -> None:
+        self.config = models[0].config
+        n_layers = len(models[0].layers)
+        with torch.no_grad():
+            # nn.Linear stores [out, in]; the ensemble stores [M, in, out] for baddbmm.
+            self.weights = nn.ParameterList(
+                nn.Parameter(torch.stack([m.layers[k].weight.detach().T for m in models]))
+                for k in range(n_layers)
+            )
+            self.biases = nn.ParameterList(
+                nn.Parameter(torch.stack([m.layers[k].bias.detach() for m in models]))
+                for k in range(n_layers)
+            )
+
+    @property
+    def n_members(self) -> int:
+        """Number of members M."""
+        return self.weights[0].shape[0]
+
+    def member(self, i: int) -> VelocityMLP:
+        """A standalone copy of member ``i`` (same dtype and device, detached from the ensemble)."""
+        m = self.n_members
+        if not -m <= i < m:
+            raise ValueError(f"i={i} is not allowed: member index must be in [0, {m})")
+        w0 = self.weights[0]
+        model = VelocityMLP(self.config, seed=0).to(dtype=w0.dtype, device=w0.device)
+        with torch.no_grad():
+            for layer, w, b in zip(model.layers, self.weights, self.biases):
+                layer.weight.copy_(w[i].T)
+                layer.bias.copy_(b[i])
+        return model
+
+    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+        """Velocities of all members. ``x``: [M, N, d] (one batch per member) or [N, d]
+        (shared batch); ``t``: [M, N], [N] (or anything broadcastable to [M, N]).
+        Returns [M, N, d]."""
+        m, d = self.n_members, self.config.dim
+        if x.dim() not in (2, 3) or x.shape[-1] != d or (x.dim() == 3 and x.shape[0] != m):
+            raise _shape_error("x", tuple(x.shape), f"x must have shape [{m}, N, {d}] or [N, {d}]")
+        n = x.shape[-2]
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
+        try:
+            ok = t.dim() <= 2 and torch.broadcast_shapes(t.shape, (m, n)) == (m, n)
+        except RuntimeError:
+            ok = False
+        if not ok:
+            raise _shape_error("t", tuple(t.shape), f"t must have shape [{m}, {n}] or [{n}]")
+        cfg = self.config
+        x = x.expand(m, n, d)
+        emb = time_embedding(t.expand(m, n), cfg.n_freqs, cfg.max_freq)
+        h = torch.cat([x, emb], dim=-1)
+        last = len(self.weights) - 1
+        for k, (w, b) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(b.unsqueeze(1), h, w)
+            if k < last:
+                h = F.silu(h)
+        return h
