@@ -105,9 +105,14 @@ class GaussianMixture:
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
     ) -> Tensor:
         """Draw ``n`` points (component by multinomial, then ``m_k + U_k diag(sqrt lambda_k) z``)."""
+        if n == 0:
+            return torch.empty(0, self.dim, dtype=dtype)
         k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
-        x = self.means[k] + torch.einsum("nde,ne->nd", self.evecs[k], self.evals[k].sqrt() * z)
+        x = torch.empty_like(z)
+        for j in range(self.n_components):  # K is small; avoids an [n, d, d] gather
+            rows = k == j
+            x[rows] = self.means[j] + (z[rows] * self.evals[j].sqrt()) @ self.evecs[j].T
         return x.to(dtype)
 
     def log_prob(self, x: Tensor) -> Tensor:
