@@ -162,10 +162,13 @@ class TimeSampler:
         """Inverse CDF of the table for uniforms ``u [M, B]`` (linear within each cell); also
         returns q at the draws, read from the drawn cell (never a zero-mass neighbour)."""
         edges, cdf = self.table()
-        cdf = cdf.expand(self.n_members, -1).contiguous()
         g = edges.numel() - 1
-        i = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, g - 1)
-        c0, c1 = cdf.gather(1, i), cdf.gather(1, i + 1)
+        if cdf.shape[0] == 1:  # one table for all members (fixed samplers): no [M, G] copy
+            i = (torch.searchsorted(cdf[0], u, right=True) - 1).clamp(0, g - 1)
+            c0, c1 = cdf[0, i], cdf[0, i + 1]
+        else:
+            i = (torch.searchsorted(cdf, u, right=True) - 1).clamp(0, g - 1)
+            c0, c1 = cdf.gather(1, i), cdf.gather(1, i + 1)
         e0, e1 = edges[i], edges[i + 1]
         frac = ((u - c0) / (c1 - c0)).clamp(0, 1)
         return e0 + frac * (e1 - e0), (c1 - c0) / (e1 - e0)
@@ -181,8 +184,8 @@ class TimeSampler:
         flat = t.reshape(self.n_members, -1)
         g = edges.numel() - 1
         i = (torch.searchsorted(edges, flat.contiguous(), right=True) - 1).clamp(0, g - 1)
-        mass = cdf.diff(dim=1).expand(self.n_members, -1)
-        q = mass.gather(1, i) / (edges[i + 1] - edges[i])
+        mass = cdf.diff(dim=1)
+        q = (mass[0, i] if mass.shape[0] == 1 else mass.gather(1, i)) / (edges[i + 1] - edges[i])
         q = torch.where((flat >= self.lo) & (flat <= self.hi), q, torch.zeros_like(q))
         return q.reshape(t.shape)
 
@@ -254,7 +257,13 @@ class _Tabulated(TimeSampler):
             self.truncate = (tl, th)
             lo, hi = max(tl, lo), min(th, hi)
         self._built: tuple[Tensor, Tensor] | None = None
+        self._mixed: tuple[Tensor, Tensor] | None = None
         self._range = (lo, hi)
+
+    def table(self) -> tuple[Tensor, Tensor]:
+        if self._mixed is None:  # fixed: built once, floor included
+            self._mixed = super().table()
+        return self._mixed
 
     def cdf(self, t: np.ndarray) -> np.ndarray:
         raise NotImplementedError
