@@ -29,10 +29,28 @@ from torch import Tensor
 
 from .oracle import BridgeOracle, GaussianMixture
 from .paths import BrownianBridge
+from .rng import CounterRNG
 
 __all__ = ["Benchmark", "ProbeSet", "get_benchmark", "benchmark_names"]
 
-Sampler = Callable[[int, torch.Generator], Tensor]
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """A benchmark's generative process as a transform of base noise: ``n_uniform`` uniforms
+    and ``n_normal`` standard normals per point (float64, any device) -> a point in R^dim.
+    Writing every benchmark this way lets one process serve two noise sources: a
+    ``torch.Generator`` (``Benchmark.sample``) and per-member counter streams
+    (``Benchmark.sample_members``), so an ensemble member's data depends on its seed only."""
+
+    n_uniform: int
+    n_normal: int
+    transform: Callable[[Tensor, Tensor], Tensor]
+
+    def __call__(self, n: int, g: torch.Generator) -> Tensor:
+        u = torch.rand(n, self.n_uniform, generator=g, dtype=torch.float64)
+        z = torch.randn(n, self.n_normal, generator=g, dtype=torch.float64)
+        return self.transform(u, z).float()
 
 
 def _stream_seed(*key: object) -> int:
@@ -85,7 +103,7 @@ class Benchmark:
     heldout: Tensor = field(repr=False)
     model_hidden: int
     model_depth: int
-    _draw: Sampler = field(repr=False)
+    _draw: _Draw = field(repr=False)
     mixture: GaussianMixture | None = field(default=None, repr=False)
     train: Tensor | None = field(default=None, repr=False)
     train_labels: Tensor | None = field(default=None, repr=False)
@@ -102,6 +120,14 @@ class Benchmark:
             # No global-RNG fallback: a hidden global stream would break run reproducibility.
             raise ValueError(f"generator={generator!r} is not allowed: pass a torch.Generator")
         return self._draw(n, generator)
+
+    def sample_members(self, rng: CounterRNG, counter: int, n: int, device: torch.device | str | None = None) -> Tensor:
+        """``[M, n, dim]`` training points, member i's drawn from its own counter stream
+        (``rng``, key ``counter``), so they do not depend on the other members or on M."""
+        m, draw = rng.n_members, self._draw
+        u = rng.uniform(counter, n * draw.n_uniform, device).reshape(m * n, draw.n_uniform)
+        z = rng.normal(counter, n * draw.n_normal, device, torch.float64).reshape(m * n, draw.n_normal)
+        return draw.transform(u, z).float().reshape(m, n, self.dim)
 
     def oracle(self, path: BrownianBridge) -> BridgeOracle:
         """The exact marginal velocity of ``path`` for this benchmark's mixture (section 2)."""
@@ -179,16 +205,14 @@ _N_HELDOUT = ("n_heldout", 5000, _Int(1))
 _NOISE = ("noise", 0.1, _Float(0.0, strict=False))
 
 
-def _finish(name: str, opts: dict[str, Any], dim: int, heldout_n: int, draw: Sampler, hidden: int, depth: int, **kw: Any) -> Benchmark:
+def _finish(name: str, opts: dict[str, Any], dim: int, heldout_n: int, draw: _Draw, hidden: int, depth: int, **kw: Any) -> Benchmark:
     """A generative benchmark: the held-out set is drawn from its own fixed stream."""
     heldout = draw(heldout_n, _generator(opts["seed"], "heldout"))
     return Benchmark(name, dim, dict(opts), opts["seed"], heldout, hidden, depth, draw, **kw)
 
 
 def _mixture_benchmark(name: str, opts: dict[str, Any], mixture: GaussianMixture, hidden: int) -> Benchmark:
-    def draw(n: int, g: torch.Generator) -> Tensor:
-        return mixture.sample(n, g, dtype=torch.float32)
-
+    draw = _Draw(1, mixture.dim, lambda u, z: mixture.transform(u[:, 0], z))
     return _finish(name, opts, mixture.dim, opts["n_heldout"], draw, hidden, 3, mixture=mixture)
 
 
@@ -228,28 +252,27 @@ def _moons(opts: dict[str, Any]) -> Benchmark:
     """Two interleaving half circles with Gaussian noise, centred and scaled by 2 (~[-3, 3])."""
     noise = opts["noise"]
 
-    def draw(n: int, g: torch.Generator) -> Tensor:
-        arm = torch.randint(0, 2, (n,), generator=g).bool()
-        a = torch.rand(n, generator=g, dtype=torch.float64) * math.pi
+    def transform(u: Tensor, z: Tensor) -> Tensor:
+        arm = u[:, 0] < 0.5
+        a = u[:, 1] * math.pi
         upper = torch.stack([a.cos(), a.sin()], -1)
         lower = torch.stack([1 - a.cos(), 0.5 - a.sin()], -1)
-        x = torch.where(arm[:, None], lower, upper) + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)
+        x = torch.where(arm[:, None], lower, upper) + noise * z
         # (0.5, 0.25) is the exact mean of the noiseless moons.
-        return (2 * (x - torch.tensor([0.5, 0.25], dtype=torch.float64))).float()
+        return 2 * (x - torch.tensor([0.5, 0.25], dtype=x.dtype, device=x.device))
 
-    return _finish("moons", opts, 2, opts["n_heldout"], draw, 128, 3)
+    return _finish("moons", opts, 2, opts["n_heldout"], _Draw(2, 2, transform), 128, 3)
 
 
 def _checkerboard(opts: dict[str, Any]) -> Benchmark:
     """Uniform on the 8 dark squares ((col + row) even) of a 4x4 board of side-2 squares on [-4, 4]^2."""
 
-    def draw(n: int, g: torch.Generator) -> Tensor:
-        col = torch.randint(0, 4, (n,), generator=g)
-        row = 2 * torch.randint(0, 2, (n,), generator=g) + col % 2  # keeps col + row even
-        u = torch.rand(n, 2, generator=g, dtype=torch.float64)
-        return (-4 + 2 * torch.stack([col, row], -1) + 2 * u).float()
+    def transform(u: Tensor, z: Tensor) -> Tensor:
+        col = torch.floor(4 * u[:, 0]).clamp(max=3)
+        row = 2 * (u[:, 1] < 0.5) + col % 2  # keeps col + row even
+        return -4 + 2 * torch.stack([col, row], -1) + 2 * u[:, 2:4]
 
-    return _finish("checkerboard", opts, 2, opts["n_heldout"], draw, 128, 3)
+    return _finish("checkerboard", opts, 2, opts["n_heldout"], _Draw(4, 0, transform), 128, 3)
 
 
 def _spirals(opts: dict[str, Any]) -> Benchmark:
@@ -258,23 +281,26 @@ def _spirals(opts: dict[str, Any]) -> Benchmark:
     grows like theta^2)."""
     noise = opts["noise"]
 
-    def draw(n: int, g: torch.Generator) -> Tensor:
-        arm = torch.randint(0, 2, (n,), generator=g)
-        theta = 3 * math.pi * torch.rand(n, generator=g, dtype=torch.float64).sqrt()
+    def transform(u: Tensor, z: Tensor) -> Tensor:
+        sign = torch.where(u[:, 0] < 0.5, 1.0, -1.0).to(u.dtype)  # rotation by pi is negation
+        theta = 3 * math.pi * u[:, 1].sqrt()
         r = 4 * theta / (3 * math.pi)
-        x = r[:, None] * torch.stack([theta.cos(), theta.sin()], -1)
-        x = x * (1 - 2 * arm)[:, None]  # rotation by pi is negation
-        return (x + noise * torch.randn(n, 2, generator=g, dtype=torch.float64)).float()
+        x = (sign * r)[:, None] * torch.stack([theta.cos(), theta.sin()], -1)
+        return x + noise * z
 
-    return _finish("spirals", opts, 2, opts["n_heldout"], draw, 128, 3)
+    return _finish("spirals", opts, 2, opts["n_heldout"], _Draw(2, 2, transform), 128, 3)
 
 
 def _pool_benchmark(name: str, opts: dict[str, Any], x: Tensor, y: Tensor, train_idx: Tensor, held_idx: Tensor) -> Benchmark:
     """A finite dataset: training draws are pool rows with replacement."""
     pool = x[train_idx].contiguous()
+    pools: dict[torch.device, Tensor] = {}  # the pool on each device it was asked for, once
 
-    def draw(n: int, g: torch.Generator) -> Tensor:
-        return pool[torch.randint(0, pool.shape[0], (n,), generator=g)]
+    def transform(u: Tensor, z: Tensor) -> Tensor:
+        on = pools.setdefault(u.device, pool.to(u.device, torch.float64))
+        return on[torch.floor(u[:, 0] * on.shape[0]).long().clamp(max=on.shape[0] - 1)]
+
+    draw = _Draw(1, 0, transform)
 
     return Benchmark(
         name, x.shape[1], dict(opts), opts["seed"], x[held_idx].contiguous(), 512, 4, draw,

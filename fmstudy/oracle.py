@@ -105,15 +105,23 @@ class GaussianMixture:
         self, n: int, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32
     ) -> Tensor:
         """Draw ``n`` points (component by multinomial, then ``m_k + U_k diag(sqrt lambda_k) z``)."""
-        if n == 0:
-            return torch.empty(0, self.dim, dtype=dtype)
-        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        u = torch.rand(n, generator=generator, dtype=torch.float64)
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.transform(u, z).to(dtype)
+
+    def transform(self, u: Tensor, z: Tensor) -> Tensor:
+        """Map base noise to mixture draws: component ``k = F^{-1}(u)`` from the weights' CDF,
+        then ``m_k + U_k diag(sqrt lambda_k) z``. ``u [n]`` uniform, ``z [n, d]`` standard
+        normal (any source, e.g. per-member counter streams), float64 on any device."""
+        dev = z.device
+        cum = self.weights.cumsum(0).to(dev)
+        k = torch.searchsorted(cum, u.contiguous(), right=True).clamp(max=self.n_components - 1)
+        means, evecs, scale = self.means.to(dev), self.evecs.to(dev), self.evals.sqrt().to(dev)
         x = torch.empty_like(z)
         for j in range(self.n_components):  # K is small; avoids an [n, d, d] gather
             rows = k == j
-            x[rows] = self.means[j] + (z[rows] * self.evals[j].sqrt()) @ self.evecs[j].T
-        return x.to(dtype)
+            x[rows] = means[j] + (z[rows] * scale[j]) @ evecs[j].T
+        return x
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Log-density at ``x`` of shape ``[..., d]``."""

@@ -65,18 +65,24 @@ class CounterRNG:
     def n_members(self) -> int:
         return self.seeds.numel()
 
-    def _words(self, counter: int, n: int, device: torch.device | str | None) -> Tensor:
-        """``[M, n]`` 32-bit hash words for indices 0..n-1 at ``counter``."""
+    def _words(self, counter: int, n: int, device: torch.device | str | None, salt: int) -> Tensor:
+        """``[M, n]`` 32-bit hash words for indices 0..n-1 at ``counter``; ``salt`` keeps the
+        uniforms behind ``normal`` apart from those that ``uniform`` returns."""
         base = self._base.to(device)
-        h = _fold(_fold(base, counter & _M32), counter >> 32)
+        h = _fold(_fold(_fold(base, counter & _M32), counter >> 32), salt)
         idx = torch.arange(n, dtype=torch.int64, device=base.device)
         return _fold(h[:, None], idx[None, :])
 
     def uniform(
-        self, counter: int, n: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float64
+        self,
+        counter: int,
+        n: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float64,
+        salt: int = 0,
     ) -> Tensor:
         """``[M, n]`` uniforms in the open interval (0, 1) with 53 random bits each."""
-        w = self._words(counter, n, device)
+        w = self._words(counter, n, device, salt)
         hi = _fold(w, 1) >> 5  # 27 bits
         lo = _fold(w, 2) >> 6  # 26 bits
         u = ((hi * (1 << 26) + lo).to(torch.float64) + 0.5) / float(1 << 53)
@@ -86,6 +92,6 @@ class CounterRNG:
         self, counter: int, n: int, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32
     ) -> Tensor:
         """``[M, n]`` standard normals by the Box-Muller transform of two uniform blocks."""
-        u = self.uniform(counter, 2 * n, device)
+        u = self.uniform(counter, 2 * n, device, salt=1)
         r = torch.sqrt(-2.0 * torch.log(u[:, :n]))
         return (r * torch.cos(2 * math.pi * u[:, n:])).to(dtype)
