@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MLPConfig", "VelocityEnsemble", "VelocityMLP", "time_embedding"]
+__all__ = ["MLPConfig", "VelocityEnsemble", "VelocityMLP", "per_sample_grad_sq", "time_embedding"]
 
 
 @dataclass(frozen=True)
@@ -206,10 +206,14 @@ class VelocityEnsemble(nn.Module):
                 layer.bias.copy_(b[i])
         return model
 
-    def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor | float, trace: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
         """Velocities of all members. ``x``: [M, N, d] (one batch per member) or [N, d]
         (shared batch); ``t``: [M, N], [N] (or anything broadcastable to [M, N]).
-        Returns [M, N, d]."""
+        Returns [M, N, d].
+
+        With a list ``trace``, each layer appends ``(input, pre-activation)`` and the
+        pre-activation keeps its gradient, so that after a backward pass the exact per-sample
+        gradient norms are available without another pass (:func:`per_sample_grad_sq`)."""
         m, d = self.n_members, self.config.dim
         if x.dim() not in (2, 3) or x.shape[-1] != d or (x.dim() == 3 and x.shape[0] != m):
             raise _shape_error("x", tuple(x.shape), f"x must have shape [{m}, N, {d}] or [N, {d}]")
@@ -227,7 +231,24 @@ class VelocityEnsemble(nn.Module):
         h = torch.cat([x, emb], dim=-1)
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b.unsqueeze(1), h, w)
-            if k < last:
-                h = F.silu(h)
+            pre = torch.baddbmm(b.unsqueeze(1), h, w)
+            if trace is not None and pre.requires_grad:
+                pre.retain_grad()
+                trace.append((h.detach(), pre))
+            h = F.silu(pre) if k < last else pre
         return h
+
+
+def per_sample_grad_sq(trace: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """Squared norm of each sample's share of the parameter gradient, ``[M, N]``.
+
+    Sample n enters layer l once, so its share of the weight gradient is the outer product
+    ``a_n delta_n^T`` (input times the gradient of the pre-activation) and of the bias
+    ``delta_n``; hence ``||g_n||^2 = sum_l (||a_n||^2 + 1) ||delta_n||^2`` exactly. Call after
+    ``backward`` on a loss that was traced by ``VelocityEnsemble.forward(..., trace=...)``.
+    """
+    total = None
+    for a, pre in trace:
+        part = (a.pow(2).sum(-1) + 1) * pre.grad.pow(2).sum(-1)
+        total = part if total is None else total + part
+    return total

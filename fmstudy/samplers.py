@@ -189,6 +189,21 @@ class TimeSampler:
         q = torch.where((flat >= self.lo) & (flat <= self.hi), q, torch.zeros_like(q))
         return q.reshape(t.shape)
 
+    def cdf(self, t: Tensor) -> Tensor:
+        """Each member's proposal CDF at times ``t`` (1-D), ``[M, len(t)]``; clamped to [a, b]."""
+        edges, cdf = self.table()
+        t = torch.as_tensor(t, dtype=torch.float64, device=self.device).clamp(self.lo, self.hi)
+        g = edges.numel() - 1
+        i = (torch.searchsorted(edges, t, right=True) - 1).clamp(0, g - 1)
+        frac = (t - edges[i]) / (edges[i + 1] - edges[i])
+        out = cdf[:, i] + frac * (cdf[:, i + 1] - cdf[:, i])
+        return out.expand(self.n_members, -1)
+
+    def bin_mass(self, edges: Tensor) -> Tensor:
+        """Probability of each interval ``[edges[k], edges[k + 1]]`` under each member's
+        proposal, ``[M, K]`` (divide by the widths for the mean density in each bin)."""
+        return self.cdf(edges).diff(dim=1)
+
     def sample(self, batch: int, dtype: torch.dtype = torch.float32) -> TimeDraw:
         """Draw ``[M, batch]`` times from each member's proposal and advance the counter."""
         _check_int("batch", batch, 1)
@@ -265,10 +280,12 @@ class _Tabulated(TimeSampler):
             self._mixed = super().table()
         return self._mixed
 
-    def cdf(self, t: np.ndarray) -> np.ndarray:
+    def family_cdf(self, t: np.ndarray) -> np.ndarray:
+        """The nominal family's CDF on (0, 1), numpy float64."""
         raise NotImplementedError
 
-    def quantile(self, u: np.ndarray) -> np.ndarray:
+    def family_quantile(self, u: np.ndarray) -> np.ndarray:
+        """The nominal family's quantile function, numpy float64."""
         raise NotImplementedError
 
     @property
@@ -279,13 +296,13 @@ class _Tabulated(TimeSampler):
         if self._built is None:
             lo, hi = self._range
             u = np.concatenate([np.linspace(0, 1, self.grid + 1)[1:-1], special.expit(np.linspace(-30, 30, self.grid))])
-            knots = np.concatenate([np.linspace(lo, hi, self.grid + 1), self.quantile(u)])
+            knots = np.concatenate([np.linspace(lo, hi, self.grid + 1), self.family_quantile(u)])
             knots = np.unique(np.clip(knots, lo, hi))
             # Knots closer than 1e-12 (the two grids can both hold ~0.5) would make cells
             # whose mass is pure rounding error of the CDF; keep one of each such pair.
             knots = knots[np.concatenate([[True], np.diff(knots) > 1e-12])]
             knots[-1] = hi
-            c = self.cdf(knots)
+            c = self.family_cdf(knots)
             c = (c - c[0]) / (c[-1] - c[0])
             # Extend with zero-mass cells so that the table always spans the whole [a, b].
             edges = np.unique(np.concatenate([[self.lo], knots, [self.hi]]))
@@ -310,10 +327,10 @@ class Uniform(_Tabulated):
     name = "uniform"
     grid = 1  # its CDF is linear: one cell is exact
 
-    def cdf(self, t):
+    def family_cdf(self, t):
         return t
 
-    def quantile(self, u):
+    def family_quantile(self, u):
         return u
 
 
@@ -329,11 +346,11 @@ class LogitNormal(_Tabulated):
         self.m, self.s = float(m), _check_positive("s", s)
         super().__init__(seeds, **kw)
 
-    def cdf(self, t):
+    def family_cdf(self, t):
         with np.errstate(divide="ignore"):
             return stats.norm.cdf((special.logit(t) - self.m) / self.s)
 
-    def quantile(self, u):
+    def family_quantile(self, u):
         return special.expit(self.m + self.s * stats.norm.ppf(u))
 
     def _family(self):
@@ -354,14 +371,14 @@ class Mode(_Tabulated):
         self.scale = _check_unit("scale", scale, -1.0, self.S_MAX)
         super().__init__(seeds, **kw)
 
-    def quantile(self, u):
+    def family_quantile(self, u):
         return u + self.scale * (np.cos(np.pi * u / 2) ** 2 - 1 + u)
 
-    def cdf(self, t):
+    def family_cdf(self, t):
         lo, hi = np.zeros_like(t), np.ones_like(t)
         for _ in range(60):  # 2^-60: below float64 resolution
             mid = (lo + hi) / 2
-            below = self.quantile(mid) < t
+            below = self.family_quantile(mid) < t
             lo, hi = np.where(below, mid, lo), np.where(below, hi, mid)
         return (lo + hi) / 2
 
@@ -379,10 +396,10 @@ class Beta(_Tabulated):
         self.a, self.b = _check_positive("a", a), _check_positive("b", b)
         super().__init__(seeds, **kw)
 
-    def cdf(self, t):
+    def family_cdf(self, t):
         return stats.beta.cdf(t, self.a, self.b)
 
-    def quantile(self, u):
+    def family_quantile(self, u):
         return stats.beta.ppf(u, self.a, self.b)
 
     def _family(self):

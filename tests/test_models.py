@@ -304,3 +304,31 @@ def test_from_models_rejects_mixed_configs() -> None:
         lambda: VelocityEnsemble.from_models([VelocityMLP(CFG, 0), VelocityMLP(other, 1)]),
         "different configs",
     )
+
+
+def test_per_sample_grad_norms_match_torch_func():
+    """The traced outer-product identity against per-sample gradients from torch.func."""
+    from torch.func import functional_call, grad, vmap
+
+    from fmstudy.models import per_sample_grad_sq
+
+    cfg = MLPConfig(dim=3, hidden=8, depth=2, n_freqs=2)
+    ens = VelocityEnsemble(cfg, seeds=[0, 1]).double()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    trace = []
+    loss = ((ens(x, t, trace=trace) - y) ** 2).mean(-1)  # [M, N]
+    loss.sum().backward()
+    got = per_sample_grad_sq(trace)
+    for i in range(2):
+        single = ens.member(i).double()
+        params = {k: v.detach() for k, v in single.named_parameters()}
+
+        def sample_loss(p, xi, ti, yi):
+            return ((functional_call(single, p, (xi[None], ti[None])) - yi[None]) ** 2).mean()
+
+        per = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(params, x[i], t[i], y[i])
+        ref = sum(v.flatten(1).pow(2).sum(1) for v in per.values())
+        torch.testing.assert_close(got[i], ref, rtol=1e-10, atol=1e-12)

@@ -357,3 +357,14 @@ def test_every_registered_sampler_builds_and_draws_in_the_domain():
         assert draw.t.shape == (2, 32)
         assert bool(((draw.t >= A) & (draw.t <= B)).all()), name
         assert bool(torch.isfinite(draw.weight).all()), name
+
+
+def test_bin_mass_matches_the_integral_of_the_density():
+    sampler = make_sampler({"name": "beta", "a": 2, "b": 3, "floor": 0.2}, [0, 1], T_EPS)
+    edges = torch.linspace(A, B, 6, dtype=torch.float64)
+    mass = sampler.bin_mass(edges)
+    law = stats.beta(2, 3)
+    nominal = np.diff(law.cdf(edges.numpy())) / (law.cdf(B) - law.cdf(A))
+    expected = 0.8 * nominal + 0.2 * np.diff(edges.numpy()) / (B - A)
+    np.testing.assert_allclose(mass[0].numpy(), expected, rtol=1e-4)
+    assert torch.allclose(mass.sum(1), torch.ones(2, dtype=torch.float64))
