@@ -1,0 +1,122 @@
+"""The schema of a run's results, in one place, and its netCDF input/output (STUDY.md section 7).
+
+A run (one grid cell: one benchmark, sampler, sigma, learning rate..., all seeds as one
+ensemble) is one ``xarray.Dataset`` with these dimensions:
+
+- ``member``: ensemble members, coordinate = their seeds;
+- ``step``: every training step (the per-step training loss);
+- ``checkpoint``: log-spaced checkpoints, coordinate = the step at which they were taken;
+- ``t_bin``: the probe bins over ``[t_eps, 1 - t_eps]``, coordinate = bin centres, with
+  ``t_lo``/``t_hi`` the edges.
+
+``SCHEMA`` lists every data variable with its dimensions, units and meaning; ``build_dataset``
+refuses anything else, so the chapters can rely on it. The attributes record every option of
+the run (``config``, JSON), the seeds, fmstudy's and torch's versions, the device, the TF32
+setting and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import xarray as xr
+
+__all__ = ["SCHEMA", "build_dataset", "write_netcdf", "read_netcdf"]
+
+M, S, C, K = "member", "step", "checkpoint", "t_bin"
+
+# name: (dims, units, description)
+SCHEMA: dict[str, tuple[tuple[str, ...], str, str]] = {
+    "train_loss": ((M, S), "1", "importance-weighted batch loss of each step (the fixed objective's estimate)"),
+    "diverged_step": ((M,), "step", "step at which the member diverged and was frozen; -1 if it never did"),
+    "loss": ((M, C, K), "1", "per-bin loss on the fixed probes"),
+    "excess": ((M, C, K), "1", "per-bin excess loss ||v - v*||^2/d on the probes (oracle benchmarks)"),
+    "irreducible": ((K,), "1", "per-bin irreducible loss on the probes (oracle benchmarks)"),
+    "target_var": ((K,), "1", "per-dimension variance of the target u_t over the bin's probes"),
+    "grad_norm_mean": ((M, C, K), "1", "mean per-sample gradient norm"),
+    "grad_norm_var": ((M, C, K), "1", "variance of the per-sample gradient norm"),
+    "grad_sq": ((M, C, K), "1", "mean squared per-sample gradient norm E||g||^2"),
+    "grad_signal": ((M, C, K), "1", "unbiased ||E g||^2"),
+    "grad_noise": ((M, C, K), "1", "unbiased tr Cov(g)"),
+    "grad_snr": ((M, C, K), "1", "gradient signal-to-noise ratio max(signal, 0) / noise"),
+    "q": ((M, C, K), "1", "the sampler's mean proposal density over each bin"),
+    "heldout_objective": ((M, C), "1", "fixed objective (uniform t) on the held-out set, raw weights"),
+    "heldout_objective_ema": ((M, C), "1", "fixed objective on the held-out set, EMA weights"),
+    "integrated_excess": ((M, C), "1", "int_0^1 excess(t) dt, raw weights (oracle benchmarks)"),
+    "integrated_excess_ema": ((M, C), "1", "int_0^1 excess(t) dt, EMA weights (oracle benchmarks)"),
+    "train_seconds": ((C,), "s", "wall-clock seconds of training (steps, sampler work) up to the checkpoint"),
+    "samples_seen": ((C,), "1", "training samples per member up to the checkpoint"),
+    "extra_forward": ((C,), "1", "extra per-member forward samples spent by the sampler (probe feedback)"),
+    "extra_backward": ((C,), "1", "extra per-member backward samples spent by the sampler"),
+}
+
+
+def build_dataset(
+    arrays: Mapping[str, Any],
+    seeds: list[int],
+    steps: int,
+    checkpoints: list[int],
+    t_edges: np.ndarray,
+    attrs: Mapping[str, Any],
+) -> xr.Dataset:
+    """Assemble a run's Dataset; every array must be named in ``SCHEMA`` with its dims' sizes."""
+    sizes = {M: len(seeds), S: steps, C: len(checkpoints), K: len(t_edges) - 1}
+    data_vars = {}
+    for name, value in arrays.items():
+        if name not in SCHEMA:
+            raise ValueError(f"result {name!r} is not in the schema: known results are {', '.join(SCHEMA)}")
+        dims, units, desc = SCHEMA[name]
+        value = np.asarray(value)
+        want = tuple(sizes[d] for d in dims)
+        if value.shape != want:
+            raise ValueError(f"result {name!r} has shape {value.shape}: the schema needs {dict(zip(dims, want))}")
+        data_vars[name] = xr.Variable(dims, value, {"units": units, "description": desc})
+    coords = {
+        M: ("member", np.asarray(seeds, dtype=np.int64), {"description": "seed of the member"}),
+        S: ("step", np.arange(steps, dtype=np.int64)),
+        C: ("checkpoint", np.asarray(checkpoints, dtype=np.int64), {"description": "training step of the checkpoint"}),
+        K: ("t_bin", (t_edges[:-1] + t_edges[1:]) / 2, {"description": "bin centre in t"}),
+        "t_lo": ("t_bin", t_edges[:-1]),
+        "t_hi": ("t_bin", t_edges[1:]),
+    }
+    return xr.Dataset(data_vars, coords=coords, attrs=_netcdf_attrs(attrs))
+
+
+def _netcdf_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """netCDF attributes hold strings and numbers only: nested values become JSON strings."""
+    out = {}
+    for key, value in attrs.items():
+        if isinstance(value, str):
+            out[key] = str(value)  # a str subclass (e.g. torch's version object) would not store
+        elif isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            out[key] = value
+        else:
+            out[key] = json.dumps(value, sort_keys=True, default=str)
+    return out
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write atomically: to a temporary file in the same folder, then rename over ``path``, so
+    a crash never leaves a partly written file under the final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        ds.to_netcdf(tmp, engine="h5netcdf")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_netcdf(path: str | os.PathLike) -> xr.Dataset:
+    """Load a run's Dataset into memory (the file is closed on return)."""
+    with xr.open_dataset(path, engine="h5netcdf") as ds:
+        return ds.load()

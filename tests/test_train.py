@@ -1,0 +1,136 @@
+"""The training engine: it learns, members train as they would alone, resume reproduces the
+uninterrupted run, and a diverging member is frozen and recorded while the others go on."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fmstudy.results import SCHEMA, read_netcdf, write_netcdf
+from fmstudy.train import TrainConfig, checkpoint_steps, train
+
+SMALL = dict(benchmark="gmm8", hidden=32, depth=2, batch_size=64, n_bins=6, probe_per_bin=16, n_checkpoints=4, device="cpu")
+
+
+def small(**kw):
+    return TrainConfig(**{**SMALL, **kw})
+
+
+def test_a_few_hundred_steps_lower_the_integrated_excess():
+    cfg = small(sigma=0.3, seeds=(0, 1), steps=400, lr=3e-3, hidden=64, batch_size=128, ema_decay=0.9, probe_per_bin=256)
+    ds = train(cfg, progress=False).dataset
+    first, last = ds.integrated_excess.isel(checkpoint=0), ds.integrated_excess.isel(checkpoint=-1)
+    assert bool((last < 0.25 * first).all()), (first.values, last.values)
+    # The decomposition on the probes: loss = irreducible + excess, up to the probe noise of
+    # the cross term 2 (v - v*).(v* - u), whose mean is zero; averaged over 48 bin-checkpoints.
+    gap = ds.loss - ds.irreducible - ds.excess
+    assert abs(float(gap.mean())) < 0.05 * float(ds.loss.mean()), float(gap.mean())
+
+
+@pytest.mark.parametrize("sampler", [{"name": "uniform"}, {"name": "grad_norm"}, {"name": "learning_progress"}])
+def test_members_of_an_ensemble_train_as_they_would_alone(sampler):
+    kw = dict(sigma=0.5, steps=40, sampler=sampler, feedback_every=10)
+    together = train(small(seeds=(3, 4, 5), **kw), progress=False)
+    alone = train(small(seeds=(4,), **kw), progress=False)
+    a, b = together.dataset, alone.dataset
+    np.testing.assert_allclose(a.train_loss.sel(member=4), b.train_loss.sel(member=4), rtol=1e-5, atol=1e-6)
+    for p, q in zip(together.model.parameters(), alone.model.parameters()):
+        torch.testing.assert_close(p[1], q[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(a.loss.sel(member=4), b.loss.sel(member=4), rtol=1e-4)
+
+
+@pytest.mark.parametrize("sampler", [{"name": "uniform"}, {"name": "loss_second_moment"}, {"name": "info_snr"}])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, sampler):
+    cfg = small(sigma=0.4, seeds=(0, 1), steps=30, sampler=sampler, feedback_every=5)
+    whole = train(cfg, progress=False).dataset
+    ckpt = tmp_path / "run.pt"
+    part = train(cfg, checkpoint=ckpt, stop_at=13, progress=False)
+    assert not part.complete and part.dataset is None and ckpt.exists()
+    resumed = train(cfg, checkpoint=ckpt, progress=False).dataset
+    timing = {"train_seconds"}
+    for name in whole.data_vars:
+        if name not in timing:
+            np.testing.assert_array_equal(whole[name].values, resumed[name].values, err_msg=name)
+    # A checkpoint from other options is refused rather than silently mixed in.
+    with pytest.raises(ValueError, match="other options"):
+        train(small(sigma=0.4, seeds=(0, 1), steps=31, sampler=sampler), checkpoint=ckpt, progress=False)
+
+
+def test_a_planted_divergence_freezes_only_that_member(monkeypatch):
+    from fmstudy.data import Benchmark
+
+    original = Benchmark.sample_members
+
+    def poisoned(self, rng, counter, n, device=None):
+        x = original(self, rng, counter, n, device)
+        if counter == 7 and rng.n_members == 3:
+            x[1] = math.inf  # member 1's data explodes at step 7
+        return x
+
+    cfg = small(sigma=0.2, seeds=(0, 1, 2), steps=20)
+    clean = train(cfg, progress=False)
+    monkeypatch.setattr(Benchmark, "sample_members", poisoned)
+    hit = train(cfg, progress=False)
+    ds = hit.dataset
+    assert ds.diverged_step.values.tolist() == [-1, 7, -1]
+    # The others are untouched: the same losses as the clean run, to the bit.
+    for i in (0, 2):
+        np.testing.assert_array_equal(ds.train_loss.values[i], clean.dataset.train_loss.values[i])
+    # Member 1 kept the parameters it had when it diverged, and they are finite.
+    clean7 = train(small(sigma=0.2, seeds=(0, 1, 2), steps=20), stop_at=7, progress=False).model
+    for p, q in zip(hit.model.parameters(), clean7.parameters()):
+        assert torch.equal(p[1], q[1]) and bool(torch.isfinite(p[1]).all())
+
+
+def test_dataset_follows_the_schema_and_round_trips_through_netcdf(tmp_path):
+    cfg = small(sigma=0.0, seeds=(0, 1), steps=10)
+    ds = train(cfg, progress=False).dataset
+    for name, var in ds.data_vars.items():
+        assert tuple(var.dims) == SCHEMA[name][0]
+    assert list(ds.checkpoint.values) == checkpoint_steps(10, 4)
+    assert '"sigma": 0.0' in ds.attrs["config"] and ds.attrs["seeds"] == "[0, 1]"
+    assert ds.attrs["fmstudy_version"] and ds.attrs["device"] == "cpu"
+    path = write_netcdf(ds, tmp_path / "cell.nc")
+    back = read_netcdf(path)
+    np.testing.assert_array_equal(back.loss.values, ds.loss.values)
+    assert back.attrs["config"] == ds.attrs["config"]
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_q_records_the_samplers_density_per_bin():
+    cfg = small(steps=4, sampler={"name": "beta", "a": 2.0, "b": 2.0})
+    ds = train(cfg, progress=False).dataset
+    q = ds.q.isel(member=0, checkpoint=0).values
+    lo, hi = ds.t_lo.values, ds.t_hi.values
+    from scipy import stats
+
+    a, b = cfg.t_eps, 1 - cfg.t_eps
+    law = stats.beta(2, 2)
+    expected = (law.cdf(hi) - law.cdf(lo)) / (law.cdf(b) - law.cdf(a)) / (hi - lo)
+    np.testing.assert_allclose(q, expected, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kw, words",
+    [
+        (dict(steps=0), ["steps=0", ">= 1"]),
+        (dict(lr=-1.0), ["lr=-1.0"]),
+        (dict(sigma=-0.5), ["sigma=-0.5"]),
+        (dict(decay="linear"), ["decay='linear'"]),
+        (dict(seeds=(1, 1)), ["seeds=[1, 1]", "distinct"]),
+        (dict(ema_decay=1.0), ["ema_decay=1.0"]),
+    ],
+)
+def test_bad_options_are_refused_in_one_line(kw, words):
+    with pytest.raises(ValueError) as err:
+        small(**kw)
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_bad_benchmark_or_sampler_is_refused_before_training():
+    with pytest.raises(ValueError, match="unknown benchmark"):
+        train(small(benchmark="nope"), progress=False)
+    with pytest.raises(ValueError, match="unknown sampler"):
+        train(small(sampler={"name": "nope"}), progress=False)
