@@ -1,0 +1,142 @@
+"""Training throughput: fmstudy's ensemble engine against a naive eager single-model loop.
+
+The naive loop is what flow-matching examples usually do: one model, one optimiser step per
+Python iteration, fresh data each step. The engine trains M seeds as one batched ensemble.
+Both run in this process on the same device, on the same benchmark and model size; the
+result is aggregate model-steps per second and its ratio to the naive loop. Peak memory is
+measured for each configuration in a fresh subprocess (CPU: max RSS; GPU: max allocated).
+
+    python benchmarks/throughput.py [--device cpu|cuda] [--members 64] [--steps 200]
+        [--benchmark gmm8] [--batch 256]
+
+Issue 4's targets: on a GPU at least 100x the naive loop with the uniform sampler and 50x
+with an adaptive sampler and the default diagnostics cadence; on a CPU at least 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def naive(benchmark: str, steps: int, batch: int, device: str) -> dict:
+    """One VelocityMLP, torch.Generator data, an eager loop: the baseline."""
+    from fmstudy.data import get_benchmark
+    from fmstudy.models import MLPConfig, VelocityMLP
+    from fmstudy.paths import BrownianBridge
+
+    bench = get_benchmark(benchmark)
+    model = VelocityMLP(MLPConfig(bench.dim, bench.model_hidden, bench.model_depth), seed=0).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    path = BrownianBridge(0.5, 1e-3)
+    g = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        x1 = bench.sample(batch, g).to(device)
+        x0 = torch.randn(x1.shape, generator=g).to(device)
+        eps = torch.randn(x1.shape, generator=g).to(device)
+        t = (torch.rand(batch, generator=g) * 0.998 + 1e-3).to(device)
+        s = path.sample(x0, x1, t, eps, check=False)
+        loss = ((model(s.xt, t) - s.ut) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(10):
+        step()
+    _sync(device)
+    tic = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    seconds = time.perf_counter() - tic
+    return {"model_steps_per_s": steps / seconds, "seconds": seconds}
+
+
+def engine(benchmark: str, steps: int, batch: int, device: str, members: int, sampler: str, diagnostics: bool) -> dict:
+    """fmstudy.train on M members; wall time of the whole call, set-up excluded."""
+    from fmstudy.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        benchmark=benchmark,
+        sigma=0.5,
+        seeds=tuple(range(members)),
+        steps=steps,
+        batch_size=batch,
+        sampler={"name": sampler},
+        device=device,
+        # Without diagnostics only the two compulsory checkpoints (first and last) are taken.
+        n_checkpoints=12 if diagnostics else 2,
+    )
+    train(TrainConfig(**{**cfg.as_dict(), "steps": 5, "seeds": (0,)}), progress=False)  # warm-up
+    tic = time.perf_counter()
+    ds = train(cfg, progress=False).dataset
+    seconds = time.perf_counter() - tic
+    train_only = float(ds.train_seconds.values[-1])
+    return {
+        "model_steps_per_s": members * steps / seconds,
+        "model_steps_per_s_training_only": members * steps / train_only,
+        "seconds": seconds,
+        "diagnostics_seconds": seconds - train_only,
+    }
+
+
+def _sync(device: str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_memory_mb(device: str) -> float:
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _child(spec: dict) -> None:
+    """Run one measurement and print it as JSON (called in a fresh process)."""
+    kind = spec.pop("kind")
+    out = naive(**spec) if kind == "naive" else engine(**spec)
+    out["peak_memory_mb"] = _peak_memory_mb(spec["device"])
+    print(json.dumps(out))
+
+
+def measure(spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--members", type=int, default=None, help="ensemble size (default 64 on CPU, 1024 on GPU)")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--benchmark", default="gmm8")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        _child(json.loads(args.child))
+        return
+    members = args.members or (1024 if torch.device(args.device).type == "cuda" else 64)
+    common = {"benchmark": args.benchmark, "batch": args.batch, "device": args.device}
+    base = measure({"kind": "naive", "steps": args.steps * 5, **common})
+    rows = [("naive eager loop, 1 model", base)]
+    for sampler, diag in (("uniform", False), ("uniform", True), ("grad_norm", True), ("info_snr", True)):
+        res = measure({"kind": "engine", "steps": args.steps, "members": members, "sampler": sampler, "diagnostics": diag, **common})
+        rows.append((f"engine M={members} {sampler}{' + diagnostics' if diag else ''}", res))
+    print(f"device={args.device} benchmark={args.benchmark} batch={args.batch} torch={torch.__version__}")
+    print(f"{'configuration':<44} {'model-steps/s':>14} {'x naive':>8} {'peak MB':>9}")
+    for name, r in rows:
+        ratio = r["model_steps_per_s"] / base["model_steps_per_s"]
+        print(f"{name:<44} {r['model_steps_per_s']:>14.0f} {ratio:>8.2f} {r['peak_memory_mb']:>9.0f}")
+
+
+if __name__ == "__main__":
+    main()
