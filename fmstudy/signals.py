@@ -50,10 +50,10 @@ class BinSignals:
         return {k: v for k, v in vars(self).items() if v is not None}
 
 
-def _probe_batch(path: BrownianBridge, probes: ProbeSet, k: int, device: torch.device):
-    t = probes.t[k].to(device)
-    s = path.sample(probes.x0[k].to(device), probes.x1[k].to(device), t, probes.eps[k].to(device), check=False)
-    return t, s
+def _probe_batch(path: BrownianBridge, probes: ProbeSet, k: int, like: Tensor):
+    """Bin k's probes on ``like``'s device and dtype, pushed through the path."""
+    t, x0, x1, eps = (v[k].to(like) for v in (probes.t, probes.x0, probes.x1, probes.eps))
+    return t, path.sample(x0, x1, t, eps, check=False)
 
 
 def measure_bins(
@@ -68,7 +68,7 @@ def measure_bins(
     ``gradients=False`` measures losses only (forward passes, no backward). The model's
     ``.grad`` fields are left cleared.
     """
-    device = model.weights[0].device
+    like = model.weights[0]
     params = list(model.parameters())
     out: dict[str, list[Tensor]] = {}
 
@@ -76,7 +76,7 @@ def measure_bins(
         out.setdefault(name, []).append(value.detach())
 
     for k in range(probes.n_bins):
-        t, s = _probe_batch(path, probes, k, device)
+        t, s = _probe_batch(path, probes, k, like)
         p = t.numel()
         put("target_var", s.ut.var(dim=0).mean())
         trace: list | None = [] if gradients else None
@@ -116,7 +116,7 @@ def probe_irreducible(oracle: BridgeOracle, path: BrownianBridge, probes: ProbeS
     fixed points, so that loss = irreducible + excess holds per bin up to probe noise)."""
     values = []
     for k in range(probes.n_bins):
-        t, s = _probe_batch(path, probes, k, torch.device("cpu"))
-        v = oracle.velocity(s.xt.double(), t.double())
-        values.append((oracle.target_second_moment(t.double()) - (v**2).mean(-1)).mean())
+        t, s = _probe_batch(path, probes, k, torch.zeros((), dtype=torch.float64))
+        v = oracle.velocity(s.xt, t)
+        values.append((oracle.target_second_moment(t) - (v**2).mean(-1)).mean())
     return torch.stack(values)
