@@ -21,12 +21,12 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import xarray as xr
 
-__all__ = ["SCHEMA", "build_dataset", "write_netcdf", "read_netcdf"]
+__all__ = ["SCHEMA", "atomic_write", "build_dataset", "write_netcdf", "read_netcdf"]
 
 M, S, C, K = "member", "step", "checkpoint", "t_bin"
 
@@ -100,20 +100,26 @@ def _netcdf_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write atomically: to a temporary file in the same folder, then rename over ``path``, so
-    a crash never leaves a partly written file under the final name."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
+    """Call ``write(tmp)`` on a temporary file in ``path``'s folder, then rename it over
+    ``path``: readers (and concurrent writers) see the old file or the whole new one, and a
+    crash never leaves a partly written file under the final name."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        ds.to_netcdf(tmp, engine="h5netcdf")
+        write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
+    """Write a run's Dataset atomically (:func:`atomic_write`)."""
+    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
 
 
 def read_netcdf(path: str | os.PathLike) -> xr.Dataset:

@@ -24,8 +24,8 @@ own state. ``state_dict``/``load_state_dict`` resume bit-exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
 
 import numpy as np
 import torch

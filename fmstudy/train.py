@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
+import functools
 import math
 import os
 import platform
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from . import __version__
 from .data import get_benchmark
 from .models import MLPConfig, VelocityEnsemble, per_sample_grad_sq
 from .paths import BrownianBridge
-from .results import build_dataset
+from .results import atomic_write, build_dataset
 from .rng import CounterRNG
 from .samplers import SAMPLERS, Feedback, TimeSampler, make_sampler
 from .signals import measure_bins, probe_irreducible
@@ -347,18 +346,6 @@ class _Run:
         return build_dataset(arrays, list(cfg.seeds), cfg.steps, self.checkpoints, self.probes.edges.double().numpy(), attrs)
 
 
-def _save_atomic(state: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train(
     config: TrainConfig,
     checkpoint: str | os.PathLike | None = None,
@@ -395,14 +382,14 @@ def train(
         bar.update(1)
         bar.set_postfix(model_steps_per_s=f"{m * bar.n / max(run.train_seconds, 1e-9):.0f}", refresh=False)
         if path is not None and checkpoint_every and run.step % checkpoint_every == 0:
-            _save_atomic(run.state(), path)
+            atomic_write(path, functools.partial(torch.save, run.state()))
     bar.close()
     if run.step < cfg.steps:
         if path is not None:
-            _save_atomic(run.state(), path)
+            atomic_write(path, functools.partial(torch.save, run.state()))
         return TrainResult(None, run.model, run.ema_model, run.sampler, complete=False)
     if len(run.records.get("loss", [])) < len(run.checkpoints):
         run.record_checkpoint()
     if path is not None:
-        _save_atomic(run.state(), path)
+        atomic_write(path, functools.partial(torch.save, run.state()))
     return TrainResult(run.dataset(time.perf_counter() - start_wall), run.model, run.ema_model, run.sampler, complete=True)
