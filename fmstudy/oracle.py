@@ -266,7 +266,9 @@ class BridgeOracle:
         Since ``v* = E[u_t | x_t]``, it equals ``E||u_t||^2/d - E||v*(x_t, t)||^2/d``: the first
         term is exact (:meth:`target_second_moment`) and only the second is estimated, from
         ``n`` exact draws of ``x_t`` per time. This keeps the large ``s'_t^2`` part near the
-        endpoints free of Monte-Carlo noise. t scalar gives a scalar, t of shape [T] gives [T].
+        endpoints free of Monte-Carlo noise (in mid-t, where ``||v*||^2`` varies much, a plain
+        mean of ``||u_t - v*||^2`` can be the less noisy one: benchmarks/oracle_accuracy.py
+        prints both with their standard errors). t scalar gives a scalar, t [T] gives [T].
         """
         t = as_time(t).to(torch.float64)
         x = self.sample_marginal(t, n, generator).to(torch.float64)
