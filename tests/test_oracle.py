@@ -7,23 +7,11 @@ import math
 import numpy as np
 import pytest
 import torch
+from mixtures import mixture_1d, mixture_2d
 from scipy import stats
 
 from fmstudy.oracle import BridgeOracle, GaussianMixture
 from fmstudy.paths import BrownianBridge
-
-
-def mixture_1d():
-    return GaussianMixture(torch.tensor([0.2, 0.5, 0.3]), torch.tensor([[-3.0], [0.5], [4.0]]), torch.tensor([0.3, 0.8, 0.1]))
-
-
-def mixture_2d(seed=0):
-    """Three components with full, anisotropic covariances."""
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
-    covs = a @ a.transpose(-1, -2) * 0.3 + 0.05 * torch.eye(2, dtype=torch.float64)
-    means = torch.tensor([[-3.0, 0.0], [2.0, 2.5], [1.5, -3.0]], dtype=torch.float64)
-    return GaussianMixture(torch.tensor([0.3, 0.3, 0.4]), means, covs)
 
 
 def path_samples(mixture, path, t, n, seed):

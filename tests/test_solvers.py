@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from mixtures import mixture_2d
 
 from fmstudy.oracle import BridgeOracle, GaussianMixture
 from fmstudy.paths import BrownianBridge
@@ -49,13 +50,6 @@ def linear_exact(x0, t0, t1):
     return x0 * math.exp(A * (math.sin(OMEGA * t1) - math.sin(OMEGA * t0)) / OMEGA)
 
 
-def mixture_2d(seed=0):
-    """Three components with full, anisotropic covariances."""
-    g = torch.Generator().manual_seed(seed)
-    a = torch.randn(3, 2, 2, generator=g, dtype=torch.float64)
-    covs = a @ a.transpose(-1, -2) * 0.3 + 0.05 * torch.eye(2, dtype=torch.float64)
-    means = torch.tensor([[-3.0, 0.0], [2.0, 2.5], [1.5, -3.0]], dtype=torch.float64)
-    return GaussianMixture(torch.tensor([0.3, 0.3, 0.4]), means, covs)
 
 
 def single_gaussian():
