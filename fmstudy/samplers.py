@@ -271,7 +271,6 @@ class _Tabulated(TimeSampler):
                 )
             self.truncate = (tl, th)
             lo, hi = max(tl, lo), min(th, hi)
-        self._built: tuple[Tensor, Tensor] | None = None
         self._mixed: tuple[Tensor, Tensor] | None = None
         self._range = (lo, hi)
 
@@ -293,25 +292,24 @@ class _Tabulated(TimeSampler):
         return self._range == (self.lo, self.hi)
 
     def base_table(self) -> tuple[Tensor, Tensor]:
-        if self._built is None:
-            lo, hi = self._range
-            u = np.concatenate([np.linspace(0, 1, self.grid + 1)[1:-1], special.expit(np.linspace(-30, 30, self.grid))])
-            knots = np.concatenate([np.linspace(lo, hi, self.grid + 1), self.family_quantile(u)])
-            knots = np.unique(np.clip(knots, lo, hi))
-            # Knots closer than 1e-12 (the two grids can both hold ~0.5) would make cells
-            # whose mass is pure rounding error of the CDF; keep one of each such pair.
-            knots = knots[np.concatenate([[True], np.diff(knots) > 1e-12])]
-            knots[-1] = hi
-            c = self.family_cdf(knots)
-            c = (c - c[0]) / (c[-1] - c[0])
-            # Extend with zero-mass cells so that the table always spans the whole [a, b].
-            edges = np.unique(np.concatenate([[self.lo], knots, [self.hi]]))
-            cum = np.interp(edges, knots, c, left=0.0, right=1.0)
-            self._built = (
-                torch.tensor(edges, dtype=torch.float64, device=self.device),
-                torch.tensor(np.maximum.accumulate(cum), dtype=torch.float64, device=self.device)[None],
-            )
-        return self._built
+        """Built from the family's CDF; called once, since :meth:`table` caches the result."""
+        lo, hi = self._range
+        u = np.concatenate([np.linspace(0, 1, self.grid + 1)[1:-1], special.expit(np.linspace(-30, 30, self.grid))])
+        knots = np.concatenate([np.linspace(lo, hi, self.grid + 1), self.family_quantile(u)])
+        knots = np.unique(np.clip(knots, lo, hi))
+        # Knots closer than 1e-12 (the two grids can both hold ~0.5) would make cells
+        # whose mass is pure rounding error of the CDF; keep one of each such pair.
+        knots = knots[np.concatenate([[True], np.diff(knots) > 1e-12])]
+        knots[-1] = hi
+        c = self.family_cdf(knots)
+        c = (c - c[0]) / (c[-1] - c[0])
+        # Extend with zero-mass cells so that the table always spans the whole [a, b].
+        edges = np.unique(np.concatenate([[self.lo], knots, [self.hi]]))
+        cum = np.interp(edges, knots, c, left=0.0, right=1.0)
+        return (
+            torch.tensor(edges, dtype=torch.float64, device=self.device),
+            torch.tensor(np.maximum.accumulate(cum), dtype=torch.float64, device=self.device)[None],
+        )
 
     def _options(self) -> dict[str, Any]:
         return {"truncate": list(self.truncate) if self.truncate else None, **self._family()}
