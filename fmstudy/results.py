@@ -53,6 +53,26 @@ SCHEMA: dict[str, tuple[tuple[str, ...], str, str]] = {
     "samples_seen": ((C,), "1", "training samples per member up to the checkpoint"),
     "extra_forward": ((C,), "1", "extra per-member forward samples spent by the sampler (probe feedback)"),
     "extra_backward": ((C,), "1", "extra per-member backward samples spent by the sampler"),
+    # End-of-run sample quality (fmstudy.evaluate): ODE samples of each member against the first
+    # n held-out points; floor_* is the same metric between those points and independent real
+    # sets of the same size (mean and std over repeats), the value a perfect model would get.
+    "sample_sw": ((M,), "1", "sliced Wasserstein SW_2 between ODE samples and held-out points"),
+    "sample_mmd": ((M,), "1", "squared MMD (sum of RBF kernels) between ODE samples and held-out points"),
+    "sample_energy": ((M,), "1", "energy distance between ODE samples and held-out points"),
+    "sample_w2": ((M,), "1", "exact W2 between ODE samples and held-out points (first w2_points of each)"),
+    "sample_frechet": ((M,), "1", "squared Frechet distance in classifier features (digits, mnist1d)"),
+    "sample_nll": ((M,), "nats", "mean negative log-likelihood of held-out points under the member's flow (exact-divergence ODE)"),
+    "floor_sw": ((), "1", "noise floor of sample_sw: the metric between the same held-out points and independent real sets, mean over repeats"),
+    "floor_sw_std": ((), "1", "standard deviation of the sample_sw floor over repeats"),
+    "floor_mmd": ((), "1", "noise floor of sample_mmd: the metric between the same held-out points and independent real sets, mean over repeats"),
+    "floor_mmd_std": ((), "1", "standard deviation of the sample_mmd floor over repeats"),
+    "floor_energy": ((), "1", "noise floor of sample_energy: the metric between the same held-out points and independent real sets, mean over repeats"),
+    "floor_energy_std": ((), "1", "standard deviation of the sample_energy floor over repeats"),
+    "floor_w2": ((), "1", "noise floor of sample_w2: the metric between the same held-out points and independent real sets, mean over repeats"),
+    "floor_w2_std": ((), "1", "standard deviation of the sample_w2 floor over repeats"),
+    "floor_frechet": ((), "1", "noise floor of sample_frechet: the metric between the same held-out points and independent real sets, mean over repeats"),
+    "floor_frechet_std": ((), "1", "standard deviation of the sample_frechet floor over repeats"),
+    "nll_true": ((), "nats", "mean NLL of the same held-out points under the true mixture: the data's entropy estimate, the best expected sample_nll"),
 }
 
 
