@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 # CPU wheel by default (CI and laptops). GPU users: see README ("GPU").
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= test
+# Everything the tests and the book need: the grid runner (papermill), Slurm (submitit), the book.
+EXTRAS ?= test,book,slurm
 
 .PHONY: install test book clean
 
