@@ -49,7 +49,8 @@ from .solvers import log_likelihood, nfe, ode_sample
 
 __all__ = ["FLOOR_SEED", "NLL_MAX_DIM", "SampleQuality", "add_sample_quality", "sample_quality"]
 
-NLL_MAX_DIM = 8  # NLL costs d backward passes per evaluation: only in low dimension
+NLL_MAX_DIM = 8
+N_KEPT_SAMPLES = 64  # generated samples per member stored in the results for the book's figures  # NLL costs d backward passes per evaluation: only in low dimension
 FLOOR_SEED = 20240601  # the floor's real sets: fixed, so a benchmark's floor is the same in every run
 Metric = Callable[[Tensor, Tensor], float]
 
@@ -184,6 +185,9 @@ def add_sample_quality(ds: xr.Dataset, quality: SampleQuality, options: Mapping[
         if value.shape != want:
             raise ValueError(f"result {name!r} has shape {value.shape}: the dataset needs {dict(zip(dims, want))}")
         data_vars[name] = xr.Variable(dims, value, {"units": units, "description": desc})
+    dims, units, desc = SCHEMA["samples"]
+    kept = quality.samples[:, :N_KEPT_SAMPLES].to(torch.float32).cpu().numpy()  # enough for a figure, small on disk
+    data_vars["samples"] = xr.Variable(dims, kept, {"units": units, "description": desc})
     out = ds.assign(data_vars)
     out.attrs["evaluation"] = json.dumps({**quality.options, **dict(options or {})}, sort_keys=True, default=str)
     return out

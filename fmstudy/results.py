@@ -49,6 +49,7 @@ SCHEMA: dict[str, tuple[tuple[str, ...], str, str]] = {
     "heldout_objective_ema": ((M, C), "1", "fixed objective on the held-out set, EMA weights"),
     "integrated_excess": ((M, C), "1", "int_0^1 excess(t) dt, raw weights (oracle benchmarks)"),
     "integrated_excess_ema": ((M, C), "1", "int_0^1 excess(t) dt, EMA weights (oracle benchmarks)"),
+    "samples": ((M, "sample", "coord"), "1", "the first generated samples of each member (ODE from the EMA weights), for figures"),
     "train_seconds": ((C,), "s", "wall-clock seconds of training (steps, sampler work) up to the checkpoint"),
     "samples_seen": ((C,), "1", "training samples per member up to the checkpoint"),
     "extra_forward": ((C,), "1", "extra per-member forward samples spent by the sampler (probe feedback)"),

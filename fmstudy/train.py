@@ -31,7 +31,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import xarray as xr
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from . import __version__
 from .data import get_benchmark

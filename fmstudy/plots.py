@@ -1,0 +1,178 @@
+"""Figures used by the grid-cell notebook and the book's chapters (STUDY.md section 7).
+
+Every function draws on a matplotlib ``Axes`` (created when none is given) and returns it;
+they read the results schema of :mod:`fmstudy.results` (or a collected grid) and never compute
+training quantities themselves. Colours are fixed per sampler name across the whole book
+(:func:`sampler_color`); a sampler whose importance weights are off is drawn dashed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # notebooks capture figures; nothing here needs a display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+import xarray as xr
+
+__all__ = [
+    "LABELS",
+    "band_curves",
+    "member_curves",
+    "sampler_color",
+    "sampler_dashes",
+    "sampler_palette",
+    "samples_figure",
+    "setup",
+    "t_profile",
+    "t_step_heatmap",
+]
+
+# Axis labels with units (the objective is a per-dimension mean, so it is dimensionless).
+LABELS = {
+    "loss": "loss per bin (per dim.)",
+    "excess": "excess loss ||v - v*||² / d",
+    "irreducible": "irreducible loss / d",
+    "integrated_excess": "integrated excess ∫ excess(t) dt",
+    "integrated_excess_ema": "integrated excess (EMA weights)",
+    "heldout_objective": "held-out objective (uniform t)",
+    "heldout_objective_ema": "held-out objective (EMA weights)",
+    "grad_snr": "gradient SNR ||E g||² / tr Cov g",
+    "grad_sq": "E ||g||² (per-sample gradient)",
+    "grad_signal": "||E g||²",
+    "grad_noise": "tr Cov g",
+    "grad_norm_mean": "mean per-sample gradient norm",
+    "q": "sampler density q(t)",
+    "target_var": "target variance Var u_t / d",
+    "checkpoint": "training step",
+    "t_bin": "t",
+    "train_seconds": "training time (s)",
+}
+
+# One colour per sampler name, in a fixed order, so a sampler looks the same on every page.
+_ORDER = (
+    "uniform", "stratified", "logit_normal", "mode", "beta", "arcsine", "u_shaped",
+    "loss_second_moment", "grad_norm", "learning_progress", "oracle_excess", "info_snr",
+)
+_COLORS = sns.color_palette("tab20", 20)
+
+
+def setup() -> None:
+    """The book's figure style: seaborn's ticks theme, legible at page width."""
+    sns.set_theme(context="notebook", style="ticks", rc={"figure.dpi": 100, "savefig.dpi": 100, "axes.grid": True, "grid.alpha": 0.3})
+
+
+def _name(label: str) -> str:
+    return str(label).split("(")[0].strip()
+
+
+def sampler_color(label: str) -> tuple[float, float, float]:
+    """The colour of a sampler (by its name; options do not change it)."""
+    name = _name(label)
+    index = _ORDER.index(name) if name in _ORDER else len(_ORDER) + (sum(map(ord, name)) % (20 - len(_ORDER)))
+    return _COLORS[(2 * index) % 20 if index < 10 else (2 * (index - 10) + 1) % 20]
+
+
+def sampler_dashes(label: str) -> bool:
+    """Dashed when the importance weights are off (the sampler then optimises another objective)."""
+    return "reweight=False" in str(label)
+
+
+def sampler_palette(labels: Iterable[str]) -> dict[str, tuple[float, float, float]]:
+    return {str(lab): sampler_color(lab) for lab in labels}
+
+
+def _ax(ax: plt.Axes | None, size: tuple[float, float] = (6.4, 4.0)) -> plt.Axes:
+    return ax if ax is not None else plt.subplots(figsize=size, layout="constrained")[1]
+
+
+def member_curves(ds: xr.Dataset, var: str, ax: plt.Axes | None = None, logy: bool = True, color=None, label: str | None = None) -> plt.Axes:
+    """One line per member of ``var`` [member, checkpoint] against the training step, and their mean (thick)."""
+    ax = _ax(ax)
+    da = ds[var]
+    x = ds["checkpoint"].values
+    for m in da["member"].values:
+        ax.plot(x, da.sel(member=m).values, color=color or "0.6", lw=0.8, alpha=0.6)
+    ax.plot(x, da.mean("member").values, color=color or "k", lw=2.2, label=label or f"mean of {da.sizes['member']} seeds")
+    ax.set(xlabel=LABELS["checkpoint"], ylabel=LABELS.get(var, var), xscale="symlog", yscale="log" if logy else "linear")
+    ax.legend(frameon=False)
+    return ax
+
+
+def band_curves(df: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | None = None, logy: bool = True) -> plt.Axes:
+    """Mean over seeds with a 95% bootstrap band (seaborn), one colour per sampler label in ``hue``.
+    ``df`` is long: one row per (hue, seed, x)."""
+    ax = _ax(ax)
+    labels = list(dict.fromkeys(df[hue]))
+    dashes = {lab: (4, 2) if sampler_dashes(lab) else "" for lab in labels}
+    sns.lineplot(data=df, x=x, y=y, hue=hue, style=hue, dashes=dashes, palette=sampler_palette(labels),
+                 errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)
+    ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y), yscale="log" if logy else "linear")
+    if x == "checkpoint":
+        ax.set_xscale("symlog")
+    ax.legend(frameon=False, fontsize="small", title=None)
+    return ax
+
+
+def t_step_heatmap(da: xr.DataArray, ax: plt.Axes | None = None, log: bool = True, title: str | None = None, cmap: str = "viridis") -> plt.Axes:
+    """``da`` [checkpoint, t_bin] as a t (horizontal) by training-step (vertical) heatmap."""
+    ax = _ax(ax)
+    da = da.transpose("checkpoint", "t_bin")
+    vals = da.values.astype(float)
+    edges_t = np.append(da["t_lo"].values, da["t_hi"].values[-1])
+    steps = da["checkpoint"].values.astype(float)
+    rows = np.arange(len(steps) + 1)  # one row per checkpoint (log-spaced), labelled by its step
+    pos = vals[np.isfinite(vals) & (vals > 0)]
+    norm = matplotlib.colors.LogNorm(pos.min(), pos.max()) if log and pos.size else None
+    mesh = ax.pcolormesh(edges_t, rows, np.where(np.isfinite(vals) & ((vals > 0) | (not log)), vals, np.nan), norm=norm, cmap=cmap)
+    ax.set_yticks(rows[:-1] + 0.5, [f"{int(s)}" for s in steps], fontsize="x-small")
+    ax.set(xlabel="t", ylabel=LABELS["checkpoint"], title=title or LABELS.get(da.name, da.name))
+    plt.colorbar(mesh, ax=ax, label=LABELS.get(da.name, da.name))
+    return ax
+
+
+def t_profile(ds: xr.Dataset, var: str, checkpoints: Sequence[int] | None = None, ax: plt.Axes | None = None, logy: bool = True) -> plt.Axes:
+    """``var`` across t (mean over members), one line per checkpoint (dark = late)."""
+    ax = _ax(ax)
+    da = ds[var].mean("member") if "member" in ds[var].dims else ds[var]
+    idx = list(range(ds.sizes["checkpoint"])) if checkpoints is None else list(checkpoints)
+    if "checkpoint" not in da.dims:
+        ax.plot(ds["t_bin"].values, da.values, color="k", marker=".")
+    else:
+        cols = sns.color_palette("rocket_r", len(idx))
+        for c, i in zip(cols, idx):
+            ax.plot(ds["t_bin"].values, da.isel(checkpoint=i).values, color=c, marker=".", ms=3, label=f"step {int(ds['checkpoint'][i])}")
+        ax.legend(frameon=False, fontsize="x-small", ncol=2)
+    ax.set(xlabel="t", ylabel=LABELS.get(var, var), yscale="log" if logy else "linear")
+    return ax
+
+
+def samples_figure(samples: np.ndarray, reference: np.ndarray, benchmark: str, n_show: int = 16) -> plt.Figure:
+    """Generated samples beside real ones: a scatter in 2-D, an image grid for digits (8x8),
+    curves for mnist1d and other 1-D signals, the first two coordinates otherwise."""
+    samples, reference = np.asarray(samples), np.asarray(reference)
+    d = samples.shape[-1]
+    if d == 2 or (benchmark not in ("digits", "mnist1d")):
+        fig, axes = plt.subplots(1, 2, figsize=(8, 4), sharex=True, sharey=True, layout="constrained")
+        for ax, pts, title in zip(axes, (reference, samples), ("real (held-out)", "generated (ODE)")):
+            ax.scatter(pts[:, 0], pts[:, 1], s=2, alpha=0.5, color="k" if pts is reference else "C0")
+            ax.set(title=title, xlabel="$x_1$", ylabel="$x_2$", aspect="equal")
+        return fig
+    rows = int(math.sqrt(n_show))
+    fig, axes = plt.subplots(rows, 2 * rows, figsize=(8, 4.2), layout="constrained")
+    for j, (pts, name) in enumerate(((reference, "real"), (samples, "generated"))):
+        for i in range(rows * rows):
+            ax = axes[i // rows, j * rows + i % rows]
+            if benchmark == "digits":
+                ax.imshow(pts[i].reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
+            else:
+                ax.plot(pts[i], color="k" if name == "real" else "C0", lw=1)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[0, j * rows].set_title(f"{name}", loc="left", fontsize="small")
+    return fig
