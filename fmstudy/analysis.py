@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Estimate", "bootstrap_mean", "paired_ratio", "steps_to_reach", "speedup", "loss_spikes"]
+__all__ = ["Estimate", "bootstrap_mean", "loss_spikes", "paired_ratio", "speedup", "steps_to_reach"]
 
 
 @dataclass(frozen=True)

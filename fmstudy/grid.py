@@ -280,10 +280,11 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def is_finished(results: Path, cid: str) -> bool:
-    """Finished = its record says ok and its netCDF file opens and carries its id."""
+    """Finished = its record says ok, its page exists, and its netCDF file opens and carries its id."""
     record = _record_path(results, cid)
     try:
-        if json.loads(record.read_text()).get("status") != "ok":
+        rec = json.loads(record.read_text())
+        if rec.get("status") != "ok" or not Path(rec["page"]).is_file():
             return False
         return read_netcdf(results / "cells" / f"{cid}.nc").attrs.get("cell_id") == cid
     except Exception:  # noqa: BLE001 - missing, truncated or foreign: never trusted, the cell runs again
@@ -313,7 +314,10 @@ def _claim(results: Path, cid: str) -> Iterator[bool]:
 
 
 def _page_title(cell: Cell) -> str:
-    return "Run " + ", ".join(f"{k} = {v}" for k, v in cell.labels.items())
+    labels = dict(cell.labels)
+    if "benchmark" in cell.params and "benchmark" not in labels:  # always say what data it ran on
+        labels = {"benchmark": cell.params["benchmark"], **labels}
+    return "Run " + ", ".join(f"{k} = {v}" for k, v in labels.items())
 
 
 def _decorate_page(path: Path, cell: Cell) -> None:
@@ -351,7 +355,7 @@ def run_cell(grid: Grid, cell: Cell, force: bool = False) -> dict[str, Any]:
             old.unlink(missing_ok=True)
         grid.pages.mkdir(parents=True, exist_ok=True)
         # the temporary page has no .ipynb suffix, so a book built meanwhile never picks it up
-        page, tmp_page = grid.pages / f"{cell.id}.ipynb", grid.pages / f".{cell.id}.running"
+        page, tmp_page = grid.pages / f"{cell.id}.ipynb", grid.pages / f".{cell.id}.running.json"
         log = cells_dir / f"{cell.id}.log"
         record: dict[str, Any] = {
             "id": cell.id, "grid_file": str(grid.file), "grid": cell.grid, "notebook": grid.notebook.name,
@@ -416,13 +420,21 @@ class Summary:
 _GPU_SLOT: list[str] = []
 
 
-def _init_worker(counter: Any, gpus: list[str]) -> None:
-    """Pin each pool worker to one GPU (round robin); the papermill kernel inherits the setting."""
+def _init_worker(counter: Any, gpus: list[str], threads: int) -> None:
+    """Pin each pool worker to one GPU (round robin) and to its share of the CPU cores (so
+    ``jobs`` kernels do not oversubscribe them); the papermill kernel inherits both settings."""
+    if sys.platform.startswith("linux"):  # die with the grid command, not finish its queue unseen
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     with counter.get_lock():
         index = counter.value
         counter.value += 1
     if gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, str(threads))
 
 
 def _visible_gpus() -> list[str]:
@@ -469,7 +481,7 @@ def run_grid(
         from concurrent.futures import ProcessPoolExecutor, as_completed
 
         ctx = mp.get_context("spawn")
-        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(ctx.Value("i", 0), _visible_gpus()))
+        pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(ctx.Value("i", 0), _visible_gpus(), max(1, (os.cpu_count() or 1) // jobs)))
         with pool:
             futures = [pool.submit(run_cell, grid, cell, force) for cell in todo]
             for fut in as_completed(futures):
@@ -497,6 +509,11 @@ def run_grid(
             bar.update(1)
     bar.close()
     summary.seconds = time.perf_counter() - tic
+    log = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "grid_file": str(grid.file), "executor": executor, "jobs": jobs,
+           "cells": len(grid.cells), "ran": summary.ran, "skipped": summary.skipped, "failed": len(summary.failed),
+           "claimed": summary.claimed, "seconds": round(summary.seconds, 1), "host": os.uname().nodename, "cpus": os.cpu_count()}
+    with open(grid.results / "runs.jsonl", "a") as out:  # the book quotes how long a profile took
+        out.write(json.dumps(log) + "\n")
     return summary
 
 

@@ -12,9 +12,6 @@ import math
 from collections.abc import Iterable, Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")  # notebooks capture figures; nothing here needs a display
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd

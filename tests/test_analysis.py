@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from fmstudy.analysis import bootstrap_mean, loss_spikes, paired_ratio, speedup, steps_to_reach
+from fmstudy.analysis import (
+    bootstrap_mean,
+    loss_spikes,
+    paired_ratio,
+    speedup,
+    steps_to_reach,
+)
 
 
 def test_bootstrap_interval_covers_the_mean_at_about_its_level():

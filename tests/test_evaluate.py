@@ -21,13 +21,7 @@ from fmstudy.results import SCHEMA, build_dataset, read_netcdf, write_netcdf
 FAST = {"n_samples": 400, "ode_steps": 20, "method": "rk4", "w2_points": 400, "nll_points": 200, "floor_repeats": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small sets gain nothing from threads; on a busy 2-core machine they slow tests down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Copies:

@@ -153,6 +153,10 @@ def test_run_resume_noop_and_collect(tmp_path, capsys):
     assert main(["grid", str(path), "--quiet"]) == 0  # a rerun is a no-op
     assert "0 ran, 4 already finished" in capsys.readouterr().out
     assert stamps == {p: p.stat().st_mtime_ns for p in (grid.results / "cells").glob("*.nc")}
+    (grid.pages / f"{grid.cells[1].id}.ipynb").unlink()  # a lost page makes its cell unfinished
+    assert not is_finished(grid.results, grid.cells[1].id)
+    assert main(["grid", str(path), "--quiet"]) == 0
+    assert "1 ran, 3 already finished" in capsys.readouterr().out
 
     ds = collect(grid.results)
     assert dict(ds.sizes)["sampler"] == 2 and dict(ds.sizes)["sigma"] == 2

@@ -31,13 +31,7 @@ ORDERS = {"euler": 1, "heun": 2, "rk4": 4}
 A, OMEGA = 1.0, 1.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are small: intra-op threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def linear_velocity(x, t):
