@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--benchmark", default="gmm8")
+    parser.add_argument("--json", help="also write the measurements to this JSON file (the book's cost chapter reads it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -140,6 +142,13 @@ def main() -> None:
         only = r.get("model_steps_per_s_training_only", whole)
         b = base["model_steps_per_s"]
         print(f"{name:<44} {whole:>14.0f} {whole / b:>8.2f} {only:>14.0f} {only / b:>8.2f} {r['peak_memory_mb']:>9.0f}")
+    if args.json:
+        from fmstudy.results import atomic_write
+
+        device = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+        record = {"device": device, "benchmark": args.benchmark, "batch": args.batch, "members": members, "steps": args.steps,
+                  "torch": torch.__version__, "rows": [{"configuration": name, **r} for name, r in rows]}
+        atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(record, indent=1)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,175 @@
+"""What the book's chapters share: which profile's results to read, the collected grids as
+tidy tables, links to the per-cell pages, and glue of headline numbers (STUDY.md section 7).
+
+The chapters read results and never train. They find them through ``$FMSTUDY_PROFILE`` (smoke,
+quick or full; ``make book`` sets it, default quick) under ``$FMSTUDY_RESULTS`` (default:
+``results/`` at the repository's top).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .grid import GridError, collect
+
+__all__ = ["final", "glue_number", "load_grid_results", "profile", "results_dir", "run_link", "run_links_table", "tidy_curves"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def profile() -> str:
+    return os.environ.get("FMSTUDY_PROFILE", "quick")
+
+
+def results_dir() -> Path:
+    return Path(os.environ.get("FMSTUDY_RESULTS", ROOT / "results")) / profile()
+
+
+def load_grid_results(grid: str) -> xr.Dataset | None:
+    """The collected cells of sub-grid ``grid`` of the current profile, or None when it was not run."""
+    try:
+        return collect(results_dir(), grid)
+    except GridError:
+        return None
+
+
+def final(ds: xr.Dataset, var: str) -> xr.DataArray:
+    """``var`` at the last checkpoint."""
+    return ds[var].isel(checkpoint=-1)
+
+
+def tidy_curves(ds: xr.Dataset, var: str, by: str = "sampler") -> pd.DataFrame:
+    """Long table (``by``, seed, step, value) of ``var`` [.., member, checkpoint] for seaborn."""
+    da = ds[var]
+    other = [d for d in da.dims if d not in (by, "member", "checkpoint")]
+    if other:
+        raise ValueError(f"{var} still has dims {other}: select them first")
+    df = da.to_dataframe(name=var).reset_index()
+    return df.rename(columns={"member": "seed"})[[by, "seed", "checkpoint", var]].dropna()
+
+
+def run_link(cell_id: str, text: str, depth: int = 1) -> str:
+    """HTML link from a chapter (``depth`` folders below the book's root) to a cell's page."""
+    return f'<a href="{"../" * depth}runs/{profile()}/{cell_id}.html">{text}</a>'
+
+
+def run_links_table(ds: xr.Dataset, rows: str, cols: str | None = None, depth: int = 1) -> str:
+    """An HTML table linking every cell of ``ds`` (indexed by one or two of its axes) to its page."""
+    ids = ds["cell_id"]
+    extra = [d for d in ids.dims if d not in (rows, cols)]
+    if extra:  # axes fixed to one value in this grid
+        ids = ids.isel({d: 0 for d in extra})
+    if cols is None:
+        body = "".join(
+            f"<tr><td>{r}</td><td>{run_link(str(ids.sel({rows: r}).item()), 'page', depth) if str(ids.sel({rows: r}).item()) else '—'}</td></tr>"
+            for r in ids[rows].values
+        )
+        return f"<table><tr><th>{rows}</th><th>run</th></tr>{body}</table>"
+    head = "".join(f"<th>{cols} = {c}</th>" for c in ids[cols].values)
+    body = ""
+    for r in ids[rows].values:
+        tds = ""
+        for c in ids[cols].values:
+            cid = str(ids.sel({rows: r, cols: c}).item())
+            tds += f"<td>{run_link(cid, 'page', depth) if cid else '—'}</td>"
+        body += f"<tr><td>{r}</td>{tds}</tr>"
+    return f"<table><tr><th>{rows}</th>{head}</tr>{body}</table>"
+
+
+def glue_number(name: str, value: Any, fmt: str = ".3g") -> str:
+    """Glue ``value`` (a number or an :class:`~fmstudy.analysis.Estimate`) for the prose under
+    ``name`` as formatted text (quoted in the prose with ``{glue:md}`name```), and return the
+    text. NaN reads 'n/a'."""
+    from IPython.display import Markdown
+    from myst_nb import glue
+
+    if hasattr(value, "text"):
+        text = value.text(fmt) if np.isfinite(value.value) else "n/a"
+    elif isinstance(value, (int, float, np.integer, np.floating)):
+        text = f"{value:{fmt}}" if np.isfinite(value) else "n/a"
+    else:
+        text = str(value)
+    glue(name, Markdown(text), display=False)
+    return text
+
+
+def describe_attrs(ds: xr.Dataset) -> dict[str, Any]:
+    """The run attributes of a single cell's file, JSON fields decoded."""
+    out = {}
+    for k, v in ds.attrs.items():
+        try:
+            out[k] = json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v
+        except ValueError:
+            out[k] = v
+    return out
+
+
+def select_benchmark(ds: xr.Dataset, name: str = "gmm8") -> xr.Dataset:
+    """``ds`` at benchmark ``name`` when the grid has a benchmark axis (else ``ds`` itself)."""
+    if "benchmark" not in ds.dims:
+        return ds
+    return ds.sel(benchmark=name) if name in ds.benchmark.values else ds.isel(benchmark=0)
+
+
+def samplers_of(ds: xr.Dataset, names: tuple[str, ...]) -> list[str]:
+    """The sampler labels of ``ds`` whose name is in ``names``, in that order."""
+    found = [s for s in ds.sampler.values if str(s).split("(")[0] in names]
+    return sorted(found, key=lambda s: (names.index(str(s).split("(")[0]), str(s)))
+
+
+def convergence_metric(ds: xr.Dataset) -> str:
+    """The oracle's integrated excess (EMA weights) where there is an oracle, else the held-out objective."""
+    ok = "integrated_excess_ema" in ds and bool(np.isfinite(ds["integrated_excess_ema"].values).any())
+    return "integrated_excess_ema" if ok else "heldout_objective_ema"
+
+
+def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform") -> pd.DataFrame:
+    """One row per sampler of ``ds`` (one sigma selected), as :class:`~fmstudy.analysis.Estimate`
+    objects: its final ``metric`` (``final``), the paired ratio of that to ``baseline``
+    (``ratio``) and of the held-out objective (``objective_ratio``), the speed-up to reach the
+    baseline's final value in steps (``speedup``) and training seconds (``speedup_seconds``);
+    plus ``reached`` (fraction of seeds that reach it) and ``unbiased`` (whether the sampler's
+    estimate of the fixed objective is unbiased). :func:`shown` formats it for a page."""
+    from .analysis import bootstrap_mean, paired_ratio, speedup
+
+    base = ds.sel(sampler=baseline)
+    steps = ds.checkpoint.values.astype(float)
+    rows = []
+    for name in ds.sampler.values:
+        cur = ds.sel(sampler=name)
+        if not str(cur.cell_id.values):
+            continue
+        sp, reached = speedup(cur[metric].values, base[metric].values, steps)
+        sp_s, _ = speedup(cur[metric].values, base[metric].values, cur.train_seconds.values, baseline_steps=base.train_seconds.values)
+        rows.append({
+            "sampler": str(name), "unbiased": bool(cur.unbiased),
+            "final": bootstrap_mean(final(cur, metric).values),
+            "ratio": paired_ratio(final(cur, metric).values, final(base, metric).values),
+            "objective_ratio": paired_ratio(final(cur, "heldout_objective_ema").values, final(base, "heldout_objective_ema").values),
+            "speedup": sp, "speedup_seconds": sp_s, "reached": reached,
+        })
+    return pd.DataFrame(rows).set_index("sampler")
+
+
+def _ci(est: Any) -> str:
+    return "n/a" if not est.n or not np.isfinite(est.value) else f"{est.value:.3g} [{est.lo:.3g}, {est.hi:.3g}]"
+
+
+def shown(table: pd.DataFrame, metric: str = "final value") -> pd.DataFrame:
+    """:func:`against_baseline`'s table for a page: value [95% interval] per column."""
+    return pd.DataFrame({
+        metric: table["final"].map(_ci),
+        "ratio to uniform": table["ratio"].map(_ci),
+        "held-out objective ratio": table["objective_ratio"].map(_ci),
+        "speed-up (steps)": table["speedup"].map(_ci),
+        "speed-up (seconds)": table["speedup_seconds"].map(_ci),
+        "seeds reaching": table["reached"].map(lambda r: f"{r:.0%}"),
+        "unbiased": table["unbiased"],
+    }, index=table.index)
