@@ -89,6 +89,12 @@ def _ax(ax: plt.Axes | None, size: tuple[float, float] = (6.4, 4.0)) -> plt.Axes
     return ax if ax is not None else plt.subplots(figsize=size, layout="constrained")[1]
 
 
+def _step_axis(ax: plt.Axes) -> None:
+    """Training steps on a log axis that still shows step 0 (checkpoints are log-spaced from 0)."""
+    ax.set_xscale("symlog", linthresh=1)
+    ax.set_xlim(left=0)
+
+
 def member_curves(ds: xr.Dataset, var: str, ax: plt.Axes | None = None, logy: bool = True, color=None, label: str | None = None) -> plt.Axes:
     """One line per member of ``var`` [member, checkpoint] against the training step, and their mean (thick)."""
     ax = _ax(ax)
@@ -97,7 +103,8 @@ def member_curves(ds: xr.Dataset, var: str, ax: plt.Axes | None = None, logy: bo
     for m in da["member"].values:
         ax.plot(x, da.sel(member=m).values, color=color or "0.6", lw=0.8, alpha=0.6)
     ax.plot(x, da.mean("member").values, color=color or "k", lw=2.2, label=label or f"mean of {da.sizes['member']} seeds")
-    ax.set(xlabel=LABELS["checkpoint"], ylabel=LABELS.get(var, var), xscale="symlog", yscale="log" if logy else "linear")
+    ax.set(xlabel=LABELS["checkpoint"], ylabel=LABELS.get(var, var), yscale="log" if logy else "linear")
+    _step_axis(ax)
     ax.legend(frameon=False)
     return ax
 
@@ -112,7 +119,7 @@ def band_curves(df: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | None 
                  errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)
     ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y), yscale="log" if logy else "linear")
     if x == "checkpoint":
-        ax.set_xscale("symlog")
+        _step_axis(ax)
     ax.legend(frameon=False, fontsize="small", title=None)
     return ax
 
