@@ -73,8 +73,11 @@ class Cell:
     id: str
     params: Mapping[str, Any]
     labels: Mapping[str, Any]
-    grid: str
-    grids: tuple[str, ...] = ()  # every sub-grid that holds this cell
+    grids: tuple[str, ...]  # every sub-grid that holds this cell, the first one that listed it first
+
+    @property
+    def grid(self) -> str:
+        return self.grids[0]
 
 
 @dataclass
@@ -142,7 +145,7 @@ def cell_id(notebook: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check_domain(file: Path, cell: Cell, checked: dict[str, str]) -> None:
+def _check_domain(file: Path, cell: Cell, checked: set[str]) -> None:
     """Build what the cell will build (benchmark, sampler, training options) so bad values fail now."""
     from .data import ORACLE_BENCHMARKS, benchmark_names, get_benchmark
     from .samplers import make_sampler
@@ -157,7 +160,7 @@ def _check_domain(file: Path, cell: Cell, checked: dict[str, str]) -> None:
         key = json.dumps([cfg.benchmark, cfg.benchmark_options], sort_keys=True)
         if key not in checked:
             get_benchmark(cfg.benchmark, **cfg.benchmark_options)
-            checked[key] = key
+            checked.add(key)
         sampler = make_sampler(cfg.sampler, cfg.seeds, cfg.t_eps)
     except (ValueError, TypeError) as err:
         raise GridError(f"{where}: {err}") from None
@@ -244,7 +247,7 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
         grid_axes[name] = [k for k, _ in lists]
         expanded.append((name, fixed, lists))
     nb_name = notebook.name
-    checked: dict[str, str] = {}
+    checked: set[str] = set()
     for name, fixed, lists in expanded:
         for combo in itertools.product(*(vals for _, vals in lists)):
             params = {k: v for k, v in defaults.items() if k not in RUNNER_PARAMS}
@@ -255,11 +258,10 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
                 if name not in cells[cid].grids:
                     cells[cid] = dataclasses.replace(cells[cid], grids=(*cells[cid].grids, name))
                 continue
-            cell = Cell(cid, params, {k: _label(params[k]) for k in axis_names}, name, (name,))
+            # labels over every axis of the file (an axis of one sub-grid is a fixed value in another)
+            cell = Cell(cid, params, {k: _label(params[k]) for k in axis_names}, (name,))
             _check_domain(file, cell, checked)
             cells[cid] = cell
-    # labels over every axis of the file (an axis of one sub-grid is a fixed value in another)
-    cells = {cid: dataclasses.replace(c, labels={k: _label(c.params[k]) for k in axis_names}) for cid, c in cells.items()}
     for key in ("results", "pages"):
         if key in spec and not isinstance(spec[key], str):
             raise GridError(f"{file}: {key}: must be a folder path relative to the grid file")
@@ -279,16 +281,25 @@ def _write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True, default=str)))
 
 
-def is_finished(results: Path, cid: str) -> bool:
-    """Finished = its record says ok, its page exists, and its netCDF file opens and carries its id."""
-    record = _record_path(results, cid)
+def _finished_result(results: Path, rec: Mapping[str, Any]) -> Any:
+    """The cell's Dataset if it is finished, else None. Finished = its record says ok, its page
+    exists, and its netCDF file opens and carries its id."""
     try:
-        rec = json.loads(record.read_text())
         if rec.get("status") != "ok" or not Path(rec["page"]).is_file():
-            return False
-        return read_netcdf(results / "cells" / f"{cid}.nc").attrs.get("cell_id") == cid
+            return None
+        ds = read_netcdf(results / "cells" / f"{rec['id']}.nc")
+        return ds if ds.attrs.get("cell_id") == rec["id"] else None
     except Exception:  # noqa: BLE001 - missing, truncated or foreign: never trusted, the cell runs again
+        return None
+
+
+def is_finished(results: Path, cid: str) -> bool:
+    """Whether cell ``cid`` has finished (see :func:`_finished_result`); a partial or foreign file has not."""
+    try:
+        rec = json.loads(_record_path(results, cid).read_text())
+    except (OSError, ValueError):
         return False
+    return _finished_result(results, rec) is not None
 
 
 @contextlib.contextmanager
@@ -359,7 +370,7 @@ def run_cell(grid: Grid, cell: Cell, force: bool = False) -> dict[str, Any]:
         log = cells_dir / f"{cell.id}.log"
         record: dict[str, Any] = {
             "id": cell.id, "grid_file": str(grid.file), "grid": cell.grid, "notebook": grid.notebook.name,
-            "params": dict(cell.params), "labels": dict(cell.labels), "axes": list(grid.axes),
+            "params": dict(cell.params), "labels": dict(cell.labels),
             "grids": list(cell.grids), "grid_axes": {g: grid.grid_axes[g] for g in cell.grids},
             "page": str(page), "fmstudy_version": __version__, "host": os.uname().nodename,
         }
@@ -415,9 +426,6 @@ class Summary:
         for rec in self.failed:
             lines.append(f"  FAILED {rec['id']} {rec.get('labels', '')}: {rec.get('error', '?')} (log: {rec.get('log', '?')})")
         return "\n".join(lines)
-
-
-_GPU_SLOT: list[str] = []
 
 
 def _init_worker(counter: Any, gpus: list[str], threads: int) -> None:
@@ -524,19 +532,24 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
     differs between the collected cells (so no two cells ever share coordinates). Numeric axes
     keep numeric coordinates; samplers are labelled ``name(k=v, ...)``; a combination that was
     not run is NaN. Per-cell facts (id, wall time, device, whether the sampler's estimate is
-    unbiased) become variables over the axes."""
+    unbiased) become variables over the axes; the parameters common to all cells are the
+    attribute ``fixed`` (JSON)."""
     import numpy as np
     import xarray as xr
 
     folder = Path(folder)
-    records = []
+    records, datasets = [], []
     for path in sorted((folder / "cells").glob("*.json")):
         try:
             rec = json.loads(path.read_text())
         except (OSError, ValueError):
             continue
-        if rec.get("status") == "ok" and (grid is None or grid in rec["grids"]) and is_finished(folder, rec["id"]):
+        if grid is not None and grid not in rec.get("grids", ()):
+            continue
+        ds = _finished_result(folder, rec)
+        if ds is not None:
             records.append(rec)
+            datasets.append(ds)
     if not records:
         what = f"of sub-grid {grid!r} " if grid else ""
         raise GridError(f"{folder}: no finished cells {what}to collect (run `python -m fmstudy grid FILE` first)")
@@ -547,10 +560,11 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
     labels = [{k: _label(v) for k, v in rec["params"].items()} for rec in records]
     axes += [k for k in labels[0] if k not in axes and len({json.dumps(lab.get(k), sort_keys=True) for lab in labels}) > 1]
     numeric = {a: all(isinstance(lab.get(a), (int, float)) and not isinstance(lab.get(a), bool) for lab in labels) for a in axes}
+    # what is not an axis is the same in every collected cell (else it would be one): record it
+    fixed = {k: v for k, v in records[0]["params"].items() if k not in axes}
 
     parts = []
-    for rec, lab in zip(records, labels):
-        ds = read_netcdf(folder / "cells" / f"{rec['id']}.nc")
+    for rec, lab, ds in zip(records, labels, datasets):
         extra = {
             "cell_id": rec["id"],
             "wall_seconds": float(ds.attrs.get("wall_seconds", np.nan)),
@@ -566,6 +580,7 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
         merged[name] = merged[name].fillna("").astype(str)
     merged.attrs = {
         "axes": json.dumps(axes),
+        "fixed": json.dumps(fixed, sort_keys=True),
         "grid": grid or "",
         "cells": len(records),
         "grid_files": json.dumps(sorted({r["grid_file"] for r in records})),

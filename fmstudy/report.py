@@ -8,7 +8,6 @@ quick or full; ``make book`` sets it, default quick) under ``$FMSTUDY_RESULTS`` 
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -66,18 +65,13 @@ def run_links_table(ds: xr.Dataset, rows: str, cols: str | None = None, depth: i
     extra = [d for d in ids.dims if d not in (rows, cols)]
     if extra:  # axes fixed to one value in this grid
         ids = ids.isel({d: 0 for d in extra})
-    if cols is None:
-        body = "".join(
-            f"<tr><td>{r}</td><td>{run_link(str(ids.sel({rows: r}).item()), 'page', depth) if str(ids.sel({rows: r}).item()) else '—'}</td></tr>"
-            for r in ids[rows].values
-        )
-        return f"<table><tr><th>{rows}</th><th>run</th></tr>{body}</table>"
-    head = "".join(f"<th>{cols} = {c}</th>" for c in ids[cols].values)
+    col_values = list(ids[cols].values) if cols else [None]
+    head = "".join(f"<th>{cols} = {c}</th>" for c in col_values) if cols else "<th>run</th>"
     body = ""
     for r in ids[rows].values:
         tds = ""
-        for c in ids[cols].values:
-            cid = str(ids.sel({rows: r, cols: c}).item())
+        for c in col_values:
+            cid = str(ids.sel({rows: r, **({cols: c} if cols else {})}).item())
             tds += f"<td>{run_link(cid, 'page', depth) if cid else '—'}</td>"
         body += f"<tr><td>{r}</td>{tds}</tr>"
     return f"<table><tr><th>{rows}</th>{head}</tr>{body}</table>"
@@ -98,17 +92,6 @@ def glue_number(name: str, value: Any, fmt: str = ".3g") -> str:
         text = str(value)
     glue(name, Markdown(text), display=False)
     return text
-
-
-def describe_attrs(ds: xr.Dataset) -> dict[str, Any]:
-    """The run attributes of a single cell's file, JSON fields decoded."""
-    out = {}
-    for k, v in ds.attrs.items():
-        try:
-            out[k] = json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v
-        except ValueError:
-            out[k] = v
-    return out
 
 
 def select_benchmark(ds: xr.Dataset, name: str = "gmm8") -> xr.Dataset:

@@ -5,6 +5,7 @@ cell costs only a kernel start; one test runs the real smoke grid end to end."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -73,6 +74,7 @@ def test_collect_by_sub_grid_and_extra_dimensions(tmp_path):
     assert not run_grid(grid, progress=False).failed
     a = collect(grid.results, "a")
     assert dict(a.sizes)["sigma"] == 2 and "lr" not in a.dims and "steps" not in a.dims
+    assert json.loads(a.attrs["fixed"])["lr"] == 0.001 and "sigma" not in json.loads(a.attrs["fixed"])
     b = collect(grid.results, "b")
     assert dict(b.sizes)["lr"] == 2 and "sigma" not in b.dims and b.sizes["step"] == 7
     both = collect(grid.results)  # steps differs between the sub-grids' cells: it becomes a dimension
