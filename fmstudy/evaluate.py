@@ -135,8 +135,7 @@ def sample_quality(
 
     # x0 is drawn on the CPU so the same seed gives the same points on every device.
     x0 = torch.randn(n, bench.dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    with torch.no_grad():
-        out = ode_sample(model, x0.to(device, dtype), ode_steps, method, t1=t1)
+    out = ode_sample(model, x0.to(device, dtype), ode_steps, method, t1=t1)  # runs under no_grad itself
     samples = (out if out.ndim == 3 else out[None]).detach().to("cpu", torch.float64)
 
     ref = held[:n].to(torch.float64)

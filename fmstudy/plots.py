@@ -21,6 +21,7 @@ import xarray as xr
 __all__ = [
     "LABELS",
     "band_curves",
+    "draw_sample",
     "member_curves",
     "sampler_color",
     "sampler_dashes",
@@ -157,6 +158,16 @@ def t_profile(ds: xr.Dataset, var: str, checkpoints: Sequence[int] | None = None
     return ax
 
 
+def draw_sample(ax: plt.Axes, x: np.ndarray, benchmark: str, color="k") -> None:
+    """One sample of a high-dimensional benchmark in a small axes: an 8x8 image for digits, a
+    curve otherwise (mnist1d's 40-point signals)."""
+    if benchmark == "digits":
+        ax.imshow(np.asarray(x).reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
+    else:
+        ax.plot(x, color=color, lw=1)
+    ax.set_xticks([]), ax.set_yticks([])
+
+
 def samples_figure(samples: np.ndarray, reference: np.ndarray, benchmark: str, n_show: int = 16) -> plt.Figure:
     """Generated samples beside real ones: a scatter in 2-D, an image grid for digits (8x8),
     curves for mnist1d and other 1-D signals, the first two coordinates otherwise."""
@@ -172,11 +183,6 @@ def samples_figure(samples: np.ndarray, reference: np.ndarray, benchmark: str, n
     fig, axes = plt.subplots(rows, 2 * rows, figsize=(8, 4.2), layout="constrained")
     for j, (pts, name) in enumerate(((reference, "real"), (samples, "generated"))):
         for i in range(rows * rows):
-            ax = axes[i // rows, j * rows + i % rows]
-            if benchmark == "digits":
-                ax.imshow(pts[i].reshape(8, 8), cmap="gray_r", vmin=-1, vmax=1)
-            else:
-                ax.plot(pts[i], color="k" if name == "real" else "C0", lw=1)
-            ax.set_xticks([]), ax.set_yticks([])
+            draw_sample(axes[i // rows, j * rows + i % rows], pts[i], benchmark, "k" if name == "real" else "C0")
         axes[0, j * rows].set_title(f"{name}", loc="left", fontsize="small")
     return fig
