@@ -82,6 +82,7 @@ class GaussianMixture:
             )
         self.weights, self.means, self.covs = w, m, c
         self.evals, self.evecs = evals, evecs  # S_k = U_k diag(evals_k) U_k^T
+        self._on_device: dict[torch.device, tuple[Tensor, ...]] = {}
 
     @property
     def n_components(self) -> int:
@@ -110,18 +111,31 @@ class GaussianMixture:
         z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.transform(u, z).to(dtype)
 
-    def transform(self, u: Tensor, z: Tensor) -> Tensor:
+    def transform(self, u: Tensor, z: Tensor, masked: bool | None = None) -> Tensor:
         """Map base noise to mixture draws: component ``k = F^{-1}(u)`` from the weights' CDF,
         then ``m_k + U_k diag(sqrt lambda_k) z``. ``u [n]`` uniform, ``z [n, d]`` standard
-        normal (any source, e.g. per-member counter streams), float64 on any device."""
+        normal (any source, e.g. per-member counter streams), float64 on any device.
+
+        ``masked`` picks how rows find their component (default: masked on a CPU only). Masked
+        transforms only each component's own rows, a K-th of the work, but counting the rows
+        synchronises a GPU with the host; unmasked transforms every row by every component and
+        selects, which a GPU does without waiting. Both give the same draws (to float64 rounding)."""
         dev = z.device
-        cum = self.weights.cumsum(0).to(dev)
+        if dev not in self._on_device:  # copied once per device, not at every training step
+            self._on_device[dev] = tuple(
+                v.to(dev) for v in (self.weights.cumsum(0), self.means, self.evecs, self.evals.sqrt())
+            )
+        cum, means, evecs, scale = self._on_device[dev]
         k = torch.searchsorted(cum, u.contiguous(), right=True).clamp(max=self.n_components - 1)
-        means, evecs, scale = self.means.to(dev), self.evecs.to(dev), self.evals.sqrt().to(dev)
+        if masked is None:
+            masked = dev.type == "cpu"
         x = torch.empty_like(z)
         for j in range(self.n_components):  # K is small; avoids an [n, d, d] gather
             rows = k == j
-            x[rows] = means[j] + (z[rows] * scale[j]) @ evecs[j].T
+            if masked:
+                x[rows] = means[j] + (z[rows] * scale[j]) @ evecs[j].T
+            else:
+                x = torch.where(rows[:, None], means[j] + (z * scale[j]) @ evecs[j].T, x)
         return x
 
     def log_prob(self, x: Tensor) -> Tensor:

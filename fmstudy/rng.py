@@ -39,8 +39,9 @@ def _mix32(x: Tensor) -> Tensor:
 
 
 def _fold(h: Tensor, k: Tensor | int) -> Tensor:
-    """Combine hash ``h`` with key word ``k`` (boost's hash_combine shape, then a mix)."""
-    k = _mix32(torch.as_tensor(k, dtype=torch.int64, device=h.device) & _M32)
+    """Combine hash ``h`` with key word ``k`` (boost's hash_combine shape, then a mix). An
+    integer ``k`` is mixed in Python: making it a GPU tensor would wait for the device."""
+    k = _mix32(k & _M32)
     return _mix32((h ^ (k + _GOLDEN + ((h << 6) & _M32) + (h >> 2))) & _M32)
 
 
@@ -60,6 +61,7 @@ class CounterRNG:
         self.stream = int(stream)
         h = _fold(_mix32(seeds & _M32), seeds >> 32)
         self._base = _fold(h, self.stream)  # [M]
+        self._on_device: dict[torch.device, Tensor] = {}
 
     @property
     def n_members(self) -> int:
@@ -68,7 +70,10 @@ class CounterRNG:
     def _words(self, counter: int, n: int, device: torch.device | str | None, salt: int) -> Tensor:
         """``[M, n]`` 32-bit hash words for indices 0..n-1 at ``counter``; ``salt`` keeps the
         uniforms behind ``normal`` apart from those that ``uniform`` returns."""
-        base = self._base.to(device)
+        device = torch.device(device) if device is not None else self._base.device
+        if device not in self._on_device:  # copied once per device, not at every draw
+            self._on_device[device] = self._base.to(device)
+        base = self._on_device[device]
         h = _fold(_fold(_fold(base, counter & _M32), counter >> 32), salt)
         idx = torch.arange(n, dtype=torch.int64, device=base.device)
         return _fold(h[:, None], idx[None, :])

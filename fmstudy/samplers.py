@@ -510,9 +510,13 @@ class _SecondMoment(_Binned):
         start = count.cumsum(0) - count
         rank = torch.arange(key.numel(), device=self.device) - start[key]
         keep = rank >= count[key] - n  # only the newest N of a batch survive, as sequentially
-        slot = (self.head.reshape(-1)[key] + rank) % n
-        values = self.values.reshape(m * k, n)
-        values[key[keep], slot[keep]] = x[keep]
+        target = key * n + (self.head.reshape(-1)[key] + rank) % n
+        # Written without boolean indexing, whose row count would stall a GPU: the newest N
+        # of a (member, bin) fill all N of its slots, so zeroing every slot the batch reaches
+        # and then adding the kept values (zeros for the others) writes each kept value exactly.
+        flat = self.values.view(-1)
+        flat.index_fill_(0, target, 0.0)
+        flat.index_put_((target,), torch.where(keep, x.to(flat.dtype), 0.0), accumulate=True)
         self.head = (self.head + count.reshape(m, k)) % n
         self.filled = (self.filled + count.reshape(m, k)).clamp(max=n)
         warm = (self.filled == n).all(1)

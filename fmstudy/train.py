@@ -159,7 +159,7 @@ class _Run:
         m = len(cfg.seeds)
         self.step = 0
         self.alive = torch.ones(m, dtype=torch.bool, device=self.device)
-        self.diverged_step = torch.full((m,), -1, dtype=torch.int64)
+        self.diverged_step = torch.full((m,), -1, dtype=torch.int64, device=self.device)
         self.train_loss = torch.full((m, cfg.steps), math.nan, dtype=torch.float32, device=self.device)
         self.records: dict[str, list[Any]] = {}
         self.train_seconds = 0.0
@@ -232,20 +232,20 @@ class _Run:
         member_loss = (draw.weight * per_sample).mean(1)
         self.train_loss[:, s] = member_loss.detach()
 
+        # Freezing is decided on the device, with no host synchronisation, so a GPU keeps
+        # queueing kernels: every step keeps a copy of the parameters and puts the frozen
+        # members' copies back after Adam (which moves a parameter even at zero gradient).
         bad = self.alive & ~(torch.isfinite(member_loss) & (member_loss <= cfg.max_loss))
-        if bool(bad.any()):  # one synchronisation per step, the price of freezing on time
-            self.diverged_step[bad.cpu()] = s
-            self.alive &= ~bad
-        frozen = ~self.alive
-        any_frozen = bool(frozen.any())
+        self.diverged_step = torch.where(bad, s, self.diverged_step)
+        self.alive &= ~bad
 
         self.opt.zero_grad(set_to_none=True)
         member_loss.sum().backward()
         params = list(self.model.parameters())
-        if any_frozen:
-            saved = [p.detach()[frozen].clone() for p in params]
-            for p in params:
-                p.grad[frozen] = 0
+        alive = [self.alive.view(-1, *([1] * (p.dim() - 1))) for p in params]
+        before = [p.detach().clone() for p in params]
+        for p, keep in zip(params, alive):  # a diverged member's gradient may be NaN
+            p.grad.masked_fill_(~keep, 0.0)
         if cfg.grad_clip > 0:
             norm = torch.sqrt(sum(p.grad.pow(2).flatten(1).sum(1) for p in params))  # [M]
             scale = (cfg.grad_clip / (norm + 1e-12)).clamp(max=1.0)
@@ -255,9 +255,8 @@ class _Run:
             group["lr"] = self._lr(s)
         self.opt.step()
         with torch.no_grad():
-            if any_frozen:  # Adam moves a parameter even with a zero gradient: put it back
-                for p, keep in zip(params, saved):
-                    p[frozen] = keep
+            for p, keep, old in zip(params, alive, before):
+                p.copy_(torch.where(keep, p, old))
             for e, p in zip(self.ema_model.parameters(), params):
                 e.lerp_(p, 1 - cfg.ema_decay)
 
@@ -314,7 +313,7 @@ class _Run:
         self.opt.load_state_dict(state["opt"])
         self.sampler.load_state_dict(state["sampler"])
         self.alive = state["alive"].to(self.device)
-        self.diverged_step = state["diverged_step"]
+        self.diverged_step = state["diverged_step"].to(self.device)
         self.train_loss = state["train_loss"].to(self.device)
         self.records = state["records"]
         self.train_seconds = state["train_seconds"]
@@ -329,7 +328,7 @@ class _Run:
             else:  # one entry per checkpoint: scalars, [M] or [M, K] -> [C], [M, C], [M, C, K]
                 arrays[key] = torch.stack(values, dim=min(values[0].ndim, 1)).numpy()
         arrays["train_loss"] = self.train_loss.cpu().numpy()
-        arrays["diverged_step"] = self.diverged_step.numpy()
+        arrays["diverged_step"] = self.diverged_step.cpu().numpy()
         attrs = {
             "config": cfg.as_dict(),
             "seeds": list(cfg.seeds),
@@ -371,18 +370,29 @@ def train(
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     bar = tqdm(total=cfg.steps, initial=run.step, unit="step", disable=not progress, desc=f"{cfg.benchmark} {cfg.sampler.get('name')}")
     sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
+
+    def clock() -> float:  # the device's queue drained: only between segments of steps
+        sync()
+        return time.perf_counter()
+
+    # Training time is summed over the stretches of steps between checkpoint measurements
+    # and saves, so the device is synchronised there and not at every step.
+    tic, done = clock(), run.step
+    loop_start = tic
     while run.step < end:
         if run.step in run.checkpoints and len(run.records.get("loss", [])) == run.checkpoints.index(run.step):
+            run.train_seconds += clock() - tic
             run.record_checkpoint()
-        sync()
-        tic = time.perf_counter()
+            tic = clock()
         run.train_step()
-        sync()
-        run.train_seconds += time.perf_counter() - tic
         bar.update(1)
-        bar.set_postfix(model_steps_per_s=f"{m * bar.n / max(run.train_seconds, 1e-9):.0f}", refresh=False)
+        if bar.n % 20 == 0 or run.step == end:
+            bar.set_postfix(model_steps_per_s=f"{m * (run.step - done) / max(time.perf_counter() - loop_start, 1e-9):.0f}", refresh=False)
         if path is not None and checkpoint_every and run.step % checkpoint_every == 0:
+            run.train_seconds += clock() - tic
             atomic_write(path, functools.partial(torch.save, run.state()))
+            tic = clock()
+    run.train_seconds += clock() - tic
     bar.close()
     if run.step < cfg.steps:
         if path is not None:

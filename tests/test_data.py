@@ -162,6 +162,21 @@ def test_gmm_d_sample_covariance_matches_closed_form(dim):
     assert radii.min().item() >= 2 - 1e-9 and radii.max().item() <= 4 + 1e-9
 
 
+@pytest.mark.parametrize("name", ["gmm8", "gmm-d"])
+def test_mixture_draws_are_the_same_with_and_without_row_masks(name):
+    """The GPU's unmasked transform (every component on every row, then a selection) and
+    the CPU's masked one give the same points, each from the component its uniform picks."""
+    m = bench(name).mixture
+    g = gen(5)
+    u = torch.rand(4000, generator=g, dtype=torch.float64)
+    z = torch.randn(4000, m.dim, generator=g, dtype=torch.float64)
+    masked, unmasked = m.transform(u, z, masked=True), m.transform(u, z, masked=False)
+    torch.testing.assert_close(unmasked, masked, rtol=0, atol=1e-12)
+    k = torch.searchsorted(m.weights.cumsum(0), u, right=True)
+    by_hand = m.means[k] + torch.einsum("nij,nj->ni", m.evecs[k], z * m.evals[k].sqrt())
+    torch.testing.assert_close(masked, by_hand, rtol=0, atol=1e-12)
+
+
 def test_gmm_d_is_deterministic_per_seed():
     a, b, c = get_benchmark("gmm-d", seed=4), get_benchmark("gmm-d", seed=4), get_benchmark("gmm-d", seed=5)
     assert torch.equal(a.mixture.means, b.mixture.means) and torch.equal(a.mixture.covs, b.mixture.covs)

@@ -2,10 +2,12 @@
 uninterrupted run, and a diverging member is frozen and recorded while the others go on."""
 
 import math
+import traceback
 
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fmstudy.results import SCHEMA, read_netcdf, write_netcdf
 from fmstudy.train import TrainConfig, checkpoint_steps, train
@@ -134,3 +136,44 @@ def test_bad_benchmark_or_sampler_is_refused_before_training():
         train(small(benchmark="nope"), progress=False)
     with pytest.raises(ValueError, match="unknown sampler"):
         train(small(sampler={"name": "nope"}), progress=False)
+
+
+class _HostReads(TorchDispatchMode):
+    """Records the operators that read a tensor's values back to the host: on a GPU each one
+    waits for every queued kernel. Adam's step counter is a host tensor (non-capturable
+    Adam keeps it there), so its reads cost nothing and are not counted."""
+
+    READS = {"_local_scalar_dense", "lift_fresh", "lift_fresh_copy", "nonzero", "masked_select", "repeat_interleave", "_unique2", "unique_consecutive", "equal"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        masked = name.startswith("index") and any(getattr(i, "dtype", None) == torch.bool for i in (args[1] or ()))
+        stack = traceback.extract_stack()
+        if (name in self.READS or masked) and not any("torch/optim" in f.filename for f in stack):
+            where = next((f for f in reversed(stack) if "fmstudy" in f.filename), stack[-1])
+            self.seen.append(f"{name} at {where.filename}:{where.lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("sampler", ["uniform", "logit_normal", "loss_second_moment", "grad_norm", "info_snr", "oracle_excess"])
+def test_a_training_step_never_waits_for_the_device(monkeypatch, sampler):
+    """Between checkpoints and feedback passes, a step queues work and reads nothing back.
+    On a CPU the mixture's masked transform is switched for the unmasked one a GPU uses."""
+    from fmstudy.oracle import GaussianMixture
+    from fmstudy.train import _Run
+
+    original = GaussianMixture.transform
+    monkeypatch.setattr(GaussianMixture, "transform", lambda self, u, z, masked=None: original(self, u, z, masked=False))
+    run = _Run(small(seeds=(0, 1), steps=10, sampler={"name": sampler}, feedback_every=100, grad_clip=1.0))
+    run.train_step()
+    with _HostReads() as reads:
+        run.train_step()
+    assert reads.seen == []
+    # The probe itself can fail: a divergence check written as bool(...) is caught.
+    with _HostReads() as reads:
+        bool(run.alive.all())
+    assert reads.seen
