@@ -145,14 +145,23 @@ def _ci(est: Any) -> str:
     return "n/a" if not est.n or not np.isfinite(est.value) else f"{est.value:.3g} [{est.lo:.3g}, {est.hi:.3g}]"
 
 
-def shown(table: pd.DataFrame, metric: str = "final value") -> pd.DataFrame:
-    """:func:`against_baseline`'s table for a page: value [95% interval] per column."""
-    return pd.DataFrame({
-        metric: table["final"].map(_ci),
-        "ratio to uniform": table["ratio"].map(_ci),
-        "held-out objective ratio": table["objective_ratio"].map(_ci),
-        "speed-up (steps)": table["speedup"].map(_ci),
-        "speed-up (seconds)": table["speedup_seconds"].map(_ci),
-        "seeds reaching": table["reached"].map(lambda r: f"{r:.0%}"),
-        "unbiased": table["unbiased"],
-    }, index=table.index)
+def shown(table: pd.DataFrame, part: str = "final") -> pd.DataFrame:
+    """:func:`against_baseline`'s table for a page, value [95% interval] per column, in two
+    parts narrow enough for the page: ``"final"`` (the final values and the paired ratios to
+    the baseline) and ``"speed-up"`` (steps and seconds to reach the baseline's final value)."""
+    if part == "final":
+        columns = {
+            "final value": table["final"].map(_ci),
+            "ratio to uniform": table["ratio"].map(_ci),
+            "objective ratio": table["objective_ratio"].map(_ci),
+            "unbiased": table["unbiased"],
+        }
+    elif part == "speed-up":
+        columns = {
+            "speed-up (steps)": table["speedup"].map(_ci),
+            "speed-up (seconds)": table["speedup_seconds"].map(_ci),
+            "seeds reaching": table["reached"].map(lambda r: f"{r:.0%}"),
+        }
+    else:
+        raise ValueError(f"part={part!r} is not allowed: part must be 'final' or 'speed-up'")
+    return pd.DataFrame(columns, index=table.index)
