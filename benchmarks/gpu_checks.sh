@@ -40,8 +40,10 @@ step() {  # step NAME COMMAND...: run it, keep its output in $out/NAME.txt
 step device "$PYTHON" -c "import torch; assert torch.cuda.is_available(), 'torch sees no CUDA device'; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
 # -o addopts= drops --nbval (the notebook check needs the book's packages and no GPU).
 step pytest "$PYTHON" -m pytest -q -p no:cacheprovider -o addopts=-ra tests/test_cuda.py tests/test_train.py
-step throughput_gmm8 "$PYTHON" benchmarks/throughput.py --json "$out/throughput_gmm8.json" "${extra[@]}"
-step throughput_digits "$PYTHON" benchmarks/throughput.py --benchmark digits --json "$out/throughput_digits.json" "${extra[@]}"
+# Longer runs than the CPU default of 200 steps: the 12 diagnostic checkpoints of a run are
+# then a share of it closer to a study's run (the full profile trains 10,000 steps).
+step throughput_gmm8 "$PYTHON" benchmarks/throughput.py --steps 1000 --json "$out/throughput_gmm8.json" "${extra[@]}"
+step throughput_digits "$PYTHON" benchmarks/throughput.py --benchmark digits --steps 500 --json "$out/throughput_digits.json" "${extra[@]}"
 step sampler_overhead "$PYTHON" benchmarks/sampler_overhead.py
 
 if [ ${#failed[@]} -gt 0 ]; then

@@ -319,7 +319,7 @@ class _Run:
         self.train_seconds = state["train_seconds"]
         self.extra = dict(state["extra"])
 
-    def dataset(self, wall_seconds: float) -> xr.Dataset:
+    def dataset(self, wall_seconds: float, setup_seconds: float) -> xr.Dataset:
         cfg = self.config
         arrays: dict[str, Any] = {}
         for key, values in self.records.items():
@@ -340,7 +340,8 @@ class _Run:
             "device": self.device.type if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
             "tf32": int(self.config.tf32 and self.device.type == "cuda"),
             "host": platform.node(),
-            "wall_seconds": wall_seconds,
+            "wall_seconds": wall_seconds,  # the whole call: set-up, training, checkpoints
+            "setup_seconds": setup_seconds,  # benchmark, probes, models and optimiser built (or loaded)
         }
         return build_dataset(arrays, list(cfg.seeds), cfg.steps, self.checkpoints, self.probes.edges.double().numpy(), attrs)
 
@@ -366,6 +367,7 @@ def train(
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         run.load(torch.load(path, map_location=run.device, weights_only=False))
+    setup_seconds = time.perf_counter() - start_wall
     cfg, m = run.config, len(config.seeds)
     end = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
     bar = tqdm(total=cfg.steps, initial=run.step, unit="step", disable=not progress, desc=f"{cfg.benchmark} {cfg.sampler.get('name')}")
@@ -402,4 +404,4 @@ def train(
         run.record_checkpoint()
     if path is not None:
         atomic_write(path, functools.partial(torch.save, run.state()))
-    return TrainResult(run.dataset(time.perf_counter() - start_wall), run.model, run.ema_model, run.sampler, complete=True)
+    return TrainResult(run.dataset(time.perf_counter() - start_wall, setup_seconds), run.model, run.ema_model, run.sampler, complete=True)
