@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .checks import check_float, check_int
 from .oracle import BridgeOracle, GaussianMixture
 from .paths import BrownianBridge
 from .rng import CounterRNG
@@ -114,8 +115,7 @@ class Benchmark:
     def sample(self, n: int, generator: torch.Generator) -> Tensor:
         """``n`` training points ``[n, dim]`` float32, drawn using only ``generator`` (fresh
         points for generative benchmarks, pool rows with replacement for finite datasets)."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n={n!r} is not allowed: n must be an integer >= 0")
+        n = check_int("n", n, 0)
         if not isinstance(generator, torch.Generator):
             # No global-RNG fallback: a hidden global stream would break run reproducibility.
             raise ValueError(f"generator={generator!r} is not allowed: pass a torch.Generator")
@@ -141,11 +141,8 @@ class Benchmark:
         """Fixed probes: ``n_bins`` equal bins over ``[t_eps, 1 - t_eps]``, ``per_bin`` points
         each. The stream depends on (seed, n_bins, per_bin) only, so changing ``t_eps`` moves
         the times but keeps ``(x0, x1, eps)`` and the within-bin positions."""
-        for key, val in (("n_bins", n_bins), ("per_bin", per_bin)):
-            if isinstance(val, bool) or not isinstance(val, int) or val < 1:
-                raise ValueError(f"{key}={val!r} is not allowed: {key} must be an integer >= 1")
-        if isinstance(t_eps, bool) or not isinstance(t_eps, (int, float)) or not (0.0 <= t_eps < 0.5):
-            raise ValueError(f"t_eps={t_eps!r} is not allowed: t_eps must lie in [0, 0.5)")
+        n_bins, per_bin = check_int("n_bins", n_bins, 1), check_int("per_bin", per_bin, 1)
+        t_eps = check_float("t_eps", t_eps, 0.0, 0.5, hi_open=True)
         g = _generator(self.seed, "probes", n_bins, per_bin)
         edges = torch.linspace(float(t_eps), 1.0 - float(t_eps), n_bins + 1, dtype=torch.float64).float()
         u = torch.rand(n_bins, per_bin, generator=g, dtype=torch.float64)
@@ -164,45 +161,19 @@ class Benchmark:
 
 
 # -- options ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class _Int:
-    lo: int
-    hi: int | None = None
-    multiple: int = 1
-
-    @property
-    def allowed(self) -> str:
-        rng = f">= {self.lo}" if self.hi is None else f"in [{self.lo}, {self.hi}]"
-        return f"an integer {rng}" + (f" and a multiple of {self.multiple}" if self.multiple > 1 else "")
-
-    def convert(self, val: Any) -> int | None:
-        if isinstance(val, bool) or not isinstance(val, (int, np.integer)):
-            return None
-        val = int(val)
-        ok = val >= self.lo and (self.hi is None or val <= self.hi) and val % self.multiple == 0
-        return val if ok else None
+def _int(lo: int, hi: int | None = None, multiple: int = 1) -> Callable[[str, Any], int]:
+    """An integer option's check (see :func:`fmstudy.checks.check_int`)."""
+    return functools.partial(check_int, lo=lo, hi=hi, multiple=multiple)
 
 
-@dataclass(frozen=True)
-class _Float:
-    lo: float
-    strict: bool  # True: value > lo, False: value >= lo
-
-    @property
-    def allowed(self) -> str:
-        return f"a finite number {'>' if self.strict else '>='} {self.lo}"
-
-    def convert(self, val: Any) -> float | None:
-        if isinstance(val, bool) or not isinstance(val, (int, float, np.integer, np.floating)):
-            return None
-        val = float(val)
-        ok = math.isfinite(val) and (val > self.lo if self.strict else val >= self.lo)
-        return val if ok else None
+def _float(lo: float, strict: bool) -> Callable[[str, Any], float]:
+    """A real option's check: finite and ``> lo`` (``strict``) or ``>= lo``."""
+    return functools.partial(check_float, lo=lo, lo_open=strict)
 
 
-_SEED = ("seed", 0, _Int(0, 2**63 - 1))
-_N_HELDOUT = ("n_heldout", 5000, _Int(1))
-_NOISE = ("noise", 0.1, _Float(0.0, strict=False))
+_SEED = ("seed", 0, _int(0, 2**63 - 1))
+_N_HELDOUT = ("n_heldout", 5000, _int(1))
+_NOISE = ("noise", 0.1, _float(0.0, strict=False))
 
 
 def _finish(name: str, opts: dict[str, Any], dim: int, heldout_n: int, draw: _Draw, hidden: int, depth: int, **kw: Any) -> Benchmark:
@@ -361,15 +332,15 @@ class _Spec:
 
 
 _REGISTRY: dict[str, _Spec] = {
-    "gmm8": _Spec(_gmm8, (_SEED, _N_HELDOUT, ("radius", 5.0, _Float(0.0, True)), ("var", 0.1, _Float(0.0, True)))),
-    "gmm-d": _Spec(_gmm_d, (_SEED, _N_HELDOUT, ("dim", 8, _Int(1)), ("n_components", 8, _Int(1)))),
+    "gmm8": _Spec(_gmm8, (_SEED, _N_HELDOUT, ("radius", 5.0, _float(0.0, True)), ("var", 0.1, _float(0.0, True)))),
+    "gmm-d": _Spec(_gmm_d, (_SEED, _N_HELDOUT, ("dim", 8, _int(1)), ("n_components", 8, _int(1)))),
     "moons": _Spec(_moons, (_SEED, _N_HELDOUT, _NOISE)),
     "checkerboard": _Spec(_checkerboard, (_SEED, _N_HELDOUT)),
     "spirals": _Spec(_spirals, (_SEED, _N_HELDOUT, _NOISE)),
-    "digits": _Spec(_digits, (_SEED, ("n_heldout", 297, _Int(1, 1796)))),
+    "digits": _Spec(_digits, (_SEED, ("n_heldout", 297, _int(1, 1796)))),
     # make_dataset splits num_samples evenly over 10 classes, silently dropping a remainder,
     # then 80/20 into train/test: a multiple of 10 keeps the recorded size the real one.
-    "mnist1d": _Spec(_mnist1d, (_SEED, ("num_samples", 5000, _Int(10, None, 10)))),
+    "mnist1d": _Spec(_mnist1d, (_SEED, ("num_samples", 5000, _int(10, None, 10)))),
 }
 ORACLE_BENCHMARKS = ("gmm-d", "gmm8")
 
@@ -393,10 +364,8 @@ def get_benchmark(name: str, **options: Any) -> Benchmark:
                 f"unknown option {key!r} for benchmark {name!r}: allowed options are {', '.join(sorted(allowed))}"
             )
     for key, (default, check) in allowed.items():
-        val = check.convert(options.get(key, default))
-        if val is None:
-            raise ValueError(
-                f"{key}={options[key]!r} is not allowed for benchmark {name!r}: {key} must be {check.allowed}"
-            )
-        opts[key] = val
+        try:
+            opts[key] = check(key, options.get(key, default))
+        except ValueError as err:
+            raise ValueError(f"{err} (benchmark {name!r})") from None
     return spec.build(dict(sorted(opts.items())))

@@ -44,6 +44,7 @@ import xarray as xr
 from torch import Tensor
 
 from . import metrics
+from .checks import check_int
 from .results import SCHEMA
 from .solvers import log_likelihood, nfe, ode_sample
 
@@ -75,15 +76,6 @@ class SampleQuality:
         if self.nll_true is not None:
             out["nll_true"] = np.float64(self.nll_true)
         return out
-
-
-def _check_int(name: str, value: object, lo: int, hi: int | None = None, why: str = "") -> int:
-    """A one-line ValueError naming the value and the allowed range, else the int."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < lo or (hi is not None and value > hi):
-        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name}={value!r} is not allowed: {name} must be an integer {allowed}{why}")
-    return int(value)
 
 
 def _per_member(metric: Metric, samples: Tensor, ref: Tensor) -> np.ndarray:
@@ -125,10 +117,10 @@ def sample_quality(
     device and dtype; the metrics run on CPU in float64. ``t1 < 1`` stops short of t = 1 (as
     training's ``t_eps`` does) and scores the held-out points as draws at ``t1``."""
     held = bench.heldout
-    n = _check_int("n_samples", n_samples, 2, len(held), f" (the held-out set has {len(held)} rows)")
-    n_w2 = min(n, _check_int("w2_points", w2_points, 1))
-    n_nll = min(len(held), _check_int("nll_points", nll_points, 1))
-    repeats = _check_int("floor_repeats", floor_repeats, 2)
+    n = check_int("n_samples", n_samples, 2, len(held), why=f" (the held-out set has {len(held)} rows)")
+    n_w2 = min(n, check_int("w2_points", w2_points, 1))
+    n_nll = min(len(held), check_int("nll_points", nll_points, 1))
+    repeats = check_int("floor_repeats", floor_repeats, 2)
     param = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None else torch.get_default_dtype()

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from . import __version__
+from .checks import check_float, check_int
 from .results import atomic_write
 
 if TYPE_CHECKING:
@@ -157,10 +158,7 @@ def sliced_wasserstein(
     integrating both step quantile functions over their common pieces; for n == m it is the
     sorted matching. In d = 1 it equals the exact W_p."""
     x, y = _pair(x, y)
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections={n_projections!r} is not allowed: it must be an integer >= 1")
-    if isinstance(p, bool) or not isinstance(p, (int, float)) or not (math.isfinite(p) and p >= 1):
-        raise ValueError(f"p={p!r} is not allowed: p must be a finite number >= 1")
+    n_projections, p = check_int("n_projections", n_projections, 1), check_float("p", p, 1.0)
     g = torch.Generator().manual_seed(0) if generator is None else generator
     theta = torch.randn(x.shape[1], n_projections, generator=g, dtype=_F64, device=g.device).to(x.device)
     theta = theta / theta.norm(dim=0, keepdim=True)  # a normalised Gaussian is uniform on the sphere
@@ -529,9 +527,7 @@ def noise_floor(
     """The metric between two independent real sets of size ``n``, drawn with ``sample_fn(n,
     generator)``: (mean, sample std with 1/(repeats - 1)) over ``repeats`` pairs. For a finite
     pool drawn with replacement the two sets can share rows, which lowers the floor."""
-    for key, val, lo in (("n", n, 1), ("repeats", repeats, 2)):
-        if isinstance(val, bool) or not isinstance(val, int) or val < lo:
-            raise ValueError(f"{key}={val!r} is not allowed: {key} must be an integer >= {lo}")
+    n, repeats = check_int("n", n, 1), check_int("repeats", repeats, 2)
     if not isinstance(generator, torch.Generator):
         raise ValueError(f"generator={generator!r} is not allowed: pass a torch.Generator")
     vals = np.array([metric(sample_fn(n, generator), sample_fn(n, generator)) for _ in range(repeats)], dtype=float)

@@ -25,6 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .checks import check_float, check_int
+
 __all__ = ["MLPConfig", "VelocityEnsemble", "VelocityMLP", "per_sample_grad_sq", "time_embedding"]
 
 
@@ -41,18 +43,8 @@ class MLPConfig:
 
     def __post_init__(self) -> None:
         for name in ("dim", "hidden", "depth", "n_freqs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"{name}={value!r} is not allowed: {name} must be an integer >= 1"
-                )
-        mf = self.max_freq
-        if isinstance(mf, bool) or not isinstance(mf, (int, float)) or not (
-            math.isfinite(mf) and mf > 0
-        ):
-            raise ValueError(
-                f"max_freq={mf!r} is not allowed: max_freq must be a finite number > 0"
-            )
+            check_int(name, getattr(self, name), 1)
+        check_float("max_freq", self.max_freq, 0.0, lo_open=True)
 
     @property
     def in_features(self) -> int:

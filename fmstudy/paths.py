@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .checks import check_float
+
 __all__ = ["BrownianBridge", "PathSample", "as_time", "broadcast_time", "check_unit_interval"]
 
 
@@ -96,13 +98,8 @@ class BrownianBridge:
     """
 
     def __init__(self, sigma: float = 0.0, t_eps: float = 0.0) -> None:
-        sigma, t_eps = float(sigma), float(t_eps)
-        if not math.isfinite(sigma) or sigma < 0:
-            raise ValueError(f"sigma={sigma} is not allowed: sigma must be a finite number >= 0")
-        if not (0.0 <= t_eps < 0.5):
-            raise ValueError(f"t_eps={t_eps} is not allowed: t_eps must lie in [0, 0.5)")
-        self.sigma = sigma
-        self.t_eps = t_eps
+        self.sigma = check_float("sigma", sigma, 0.0)
+        self.t_eps = check_float("t_eps", t_eps, 0.0, 0.5, hi_open=True)
 
     def __repr__(self) -> str:
         return f"BrownianBridge(sigma={self.sigma}, t_eps={self.t_eps})"

@@ -32,6 +32,7 @@ import torch
 from scipy import special, stats
 from torch import Tensor
 
+from .checks import check_float, check_int
 from .rng import CounterRNG
 
 __all__ = [
@@ -74,27 +75,6 @@ class Feedback:
     bin_grad_sq: Tensor | None = None
 
 
-def _check_unit(name: str, value: float, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> float:
-    ok_lo = value > lo if lo_open else value >= lo
-    ok_hi = value < hi if hi_open else value <= hi
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and ok_lo and ok_hi):
-        interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name}={value!r} is not allowed: {name} must lie in {interval}")
-    return float(value)
-
-
-def _check_positive(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r} is not allowed: {name} must be a finite number > 0")
-    return float(value)
-
-
-def _check_int(name: str, value: int, lo: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise ValueError(f"{name}={value!r} is not allowed: {name} must be an integer >= {lo}")
-    return value
-
-
 class TimeSampler:
     """Base class: a piecewise-constant proposal on ``[t_eps, 1 - t_eps]`` for M members.
 
@@ -122,8 +102,8 @@ class TimeSampler:
         stratified: bool = False,
         device: torch.device | str | None = None,
     ) -> None:
-        self.t_eps = _check_unit("t_eps", t_eps, 0.0, 0.5, hi_open=True)
-        self.floor = _check_unit("floor", floor, 0.0, 1.0)
+        self.t_eps = check_float("t_eps", t_eps, 0.0, 0.5, hi_open=True)
+        self.floor = check_float("floor", floor, 0.0, 1.0)
         if not isinstance(reweight, bool) or not isinstance(stratified, bool):
             raise ValueError(f"reweight={reweight!r}, stratified={stratified!r}: both must be true or false")
         self.reweight, self.stratified = reweight, stratified
@@ -206,7 +186,7 @@ class TimeSampler:
 
     def sample(self, batch: int, dtype: torch.dtype = torch.float32) -> TimeDraw:
         """Draw ``[M, batch]`` times from each member's proposal and advance the counter."""
-        _check_int("batch", batch, 1)
+        check_int("batch", batch, 1)
         u = self.rng.uniform(self.counter, batch, self.device)
         self.counter += 1
         if self.stratified:
@@ -341,7 +321,7 @@ class LogitNormal(_Tabulated):
     def __init__(self, seeds, m: float = 0.0, s: float = 1.0, **kw):
         if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
             raise ValueError(f"m={m!r} is not allowed: m must be a finite number")
-        self.m, self.s = float(m), _check_positive("s", s)
+        self.m, self.s = check_float("m", m), check_float("s", s, 0.0, lo_open=True)
         super().__init__(seeds, **kw)
 
     def family_cdf(self, t):
@@ -366,7 +346,7 @@ class Mode(_Tabulated):
     S_MAX: ClassVar[float] = 2 / (math.pi - 2)
 
     def __init__(self, seeds, scale: float = 1.29, **kw):
-        self.scale = _check_unit("scale", scale, -1.0, self.S_MAX)
+        self.scale = check_float("scale", scale, -1.0, self.S_MAX)
         super().__init__(seeds, **kw)
 
     def family_quantile(self, u):
@@ -391,7 +371,7 @@ class Beta(_Tabulated):
     options = _Tabulated.options + ("a", "b")
 
     def __init__(self, seeds, a: float = 1.0, b: float = 1.0, **kw):
-        self.a, self.b = _check_positive("a", a), _check_positive("b", b)
+        self.a, self.b = check_float("a", a, 0.0, lo_open=True), check_float("b", b, 0.0, lo_open=True)
         super().__init__(seeds, **kw)
 
     def family_cdf(self, t):
@@ -421,7 +401,7 @@ class UShaped(Beta):
     options = _Tabulated.options + ("a",)
 
     def __init__(self, seeds, a: float = 0.5, **kw):
-        a = _check_unit("a", a, 0.0, 1.0, lo_open=True, hi_open=True)
+        a = check_float("a", a, 0.0, 1.0, lo_open=True, hi_open=True)
         super().__init__(seeds, a=a, b=a, **kw)
 
 
@@ -434,7 +414,7 @@ class _Binned(TimeSampler):
     options = TimeSampler.options + ("n_bins",)
 
     def __init__(self, seeds, n_bins: int = 20, floor: float = 0.05, **kw):
-        self.n_bins = _check_int("n_bins", n_bins, 2)
+        self.n_bins = check_int("n_bins", n_bins, 2)
         super().__init__(seeds, floor=floor, **kw)
         self.edges = torch.linspace(self.lo, self.hi, self.n_bins + 1, dtype=torch.float64, device=self.device)
         self.probs = torch.full((self.n_members, self.n_bins), 1.0 / self.n_bins, dtype=torch.float64, device=self.device)
@@ -488,7 +468,7 @@ class _SecondMoment(_Binned):
     options = _Binned.options + ("history",)
 
     def __init__(self, seeds, history: int = 10, **kw):
-        self.history = _check_int("history", history, 1)
+        self.history = check_int("history", history, 1)
         super().__init__(seeds, **kw)
         shape = (self.n_members, self.n_bins)
         self.values = torch.zeros(*shape, self.history, dtype=torch.float64, device=self.device)
@@ -556,7 +536,7 @@ class _Smoothed(_Binned):
     options = _Binned.options + ("smoothing",)
 
     def __init__(self, seeds, smoothing: float = 0.5, **kw):
-        self.smoothing = _check_unit("smoothing", smoothing, 0.0, 1.0, lo_open=True)
+        self.smoothing = check_float("smoothing", smoothing, 0.0, 1.0, lo_open=True)
         super().__init__(seeds, **kw)
         self.score = torch.zeros(self.n_members, self.n_bins, dtype=torch.float64, device=self.device)
         self.seen = torch.zeros(self.n_members, dtype=torch.bool, device=self.device)
@@ -602,7 +582,7 @@ class LearningProgress(_Smoothed):
     options = _Smoothed.options + ("temperature",)
 
     def __init__(self, seeds, temperature: float = 0.02, **kw):
-        self.temperature = _check_positive("temperature", temperature)
+        self.temperature = check_float("temperature", temperature, 0.0, lo_open=True)
         super().__init__(seeds, **kw)
         self.previous = torch.full((self.n_members, self.n_bins), math.nan, dtype=torch.float64, device=self.device)
 

@@ -44,6 +44,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .checks import check_int
 from .paths import as_time, broadcast_time
 
 __all__ = [
@@ -74,12 +75,6 @@ def _check_method(method: str) -> str:
     return method
 
 
-def _check_steps(steps: int, lo: int = 1) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < lo:
-        raise ValueError(f"steps={steps!r} is not allowed: steps must be an integer >= {lo}")
-    return steps
-
-
 def _check_interval(t0: float, t1: float) -> tuple[float, float]:
     ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in (t0, t1))
     if not ok or not (0.0 <= t0 < t1 <= 1.0):
@@ -96,7 +91,7 @@ def _check_exact_dim(d: int) -> None:
 
 def nfe(method: str, steps: int) -> int:
     """Velocity evaluations of ``steps`` fixed steps of ``method``: ``steps * (1, 2, 4)``."""
-    return METHODS[_check_method(method)] * _check_steps(steps)
+    return METHODS[_check_method(method)] * check_int("steps", steps, 1)
 
 
 # -- a generic fixed-step integrator over a tuple of tensors ----------------------------------
@@ -166,7 +161,7 @@ def ode_trajectory(
     (entry i at ``t_i = t0 + (t1 - t0) i / steps``); ``x0`` is expanded to the final shape
     when the field broadcasts it (ensembles)."""
     _check_method(method)
-    _check_steps(steps)
+    check_int("steps", steps, 1)
     t0, t1 = _check_interval(t0, t1)
     with torch.no_grad():
         states = _integrate(_ode_field(velocity), (x0,), _grid(t0, t1, steps), method, keep=True)
@@ -251,7 +246,7 @@ def sde_sample(
         generator: the only source of randomness; required unless ``diffusion == 0``.
         t_end: where the stochastic part stops (see above).
     """
-    _check_steps(steps)
+    check_int("steps", steps, 1)
     sigma = float(sigma)
     if not (math.isfinite(sigma) and sigma >= 0):
         raise ValueError(f"sigma={sigma} is not allowed: sigma must be a finite number >= 0")
@@ -262,7 +257,7 @@ def sde_sample(
     if t_end is None:
         times = _grid(0.0, 1.0, steps)
     else:
-        _check_steps(steps, lo=2)
+        check_int("steps", steps, 2)
         if isinstance(t_end, bool) or not isinstance(t_end, (int, float)) or not (0.0 < t_end < 1.0):
             raise ValueError(f"t_end={t_end!r} is not allowed: t_end must lie in (0, 1)")
         times = _grid(0.0, float(t_end), steps - 1) + [1.0]
@@ -335,7 +330,7 @@ def log_likelihood(
         ``[..., N]`` in ``x1``'s dtype (use float64 for accuracy).
     """
     _check_method(method)
-    _check_steps(steps)
+    check_int("steps", steps, 1)
     if isinstance(t1, bool) or not isinstance(t1, (int, float)) or not (0.0 < t1 <= 1.0):
         raise ValueError(f"t1={t1!r} is not allowed: t1 must lie in (0, 1]")
     d = x1.shape[-1]

@@ -34,6 +34,7 @@ import xarray as xr
 from tqdm import tqdm
 
 from . import __version__
+from .checks import check_float, check_int
 from .data import get_benchmark
 from .models import MLPConfig, VelocityEnsemble, per_sample_grad_sq
 from .paths import BrownianBridge
@@ -80,17 +81,14 @@ class TrainConfig:
         object.__setattr__(self, "sampler", dict(self.sampler))
         ints = {"steps": 1, "batch_size": 1, "warmup_steps": 0, "n_bins": 2, "probe_per_bin": 2, "n_checkpoints": 2, "feedback_every": 1}
         for name, lo in ints.items():
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-                raise ValueError(f"{name}={value!r} is not allowed: {name} must be an integer >= {lo}")
-        for name, lo, hi in (("lr", 0.0, math.inf), ("max_loss", 0.0, math.inf)):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not (lo < value < hi):
-                raise ValueError(f"{name}={value!r} is not allowed: {name} must be a finite number > {lo}")
-        if not isinstance(self.grad_clip, (int, float)) or not (0 <= self.grad_clip < math.inf):
-            raise ValueError(f"grad_clip={self.grad_clip!r} is not allowed: grad_clip must be >= 0 (0 turns it off)")
-        if not isinstance(self.ema_decay, (int, float)) or not (0 <= self.ema_decay < 1):
-            raise ValueError(f"ema_decay={self.ema_decay!r} is not allowed: ema_decay must lie in [0, 1)")
+            object.__setattr__(self, name, check_int(name, getattr(self, name), lo))
+        for name, lo, hi, kw in (
+            ("lr", 0.0, math.inf, {"lo_open": True}),
+            ("max_loss", 0.0, math.inf, {"lo_open": True}),
+            ("grad_clip", 0.0, math.inf, {"why": " (0 turns clipping off)"}),
+            ("ema_decay", 0.0, 1.0, {"hi_open": True}),
+        ):
+            object.__setattr__(self, name, check_float(name, getattr(self, name), lo, hi, **kw))
         if self.decay not in ("cosine", "none"):
             raise ValueError(f"decay={self.decay!r} is not allowed: decay must be 'cosine' or 'none'")
         if self.device != "auto" and torch.device(self.device).type not in ("cpu", "cuda"):

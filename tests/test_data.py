@@ -9,6 +9,7 @@ import socket
 import numpy as np
 import pytest
 import torch
+from errors import one_line_error
 
 from fmstudy.data import Benchmark, benchmark_names, get_benchmark
 from fmstudy.oracle import BridgeOracle
@@ -274,14 +275,6 @@ def test_every_benchmark_builds_without_network(monkeypatch):
         options = {"seed": 2024, "num_samples": 1000} if name == "mnist1d" else {}  # fresh: no cache
         b = get_benchmark(name, **options)
         assert b.sample(10, gen(0)).shape == (10, DIMS[name])
-
-
-def one_line_error(fn, *args, **kwargs) -> str:
-    with pytest.raises(ValueError) as err:
-        fn(*args, **kwargs)
-    msg = str(err.value)
-    assert "\n" not in msg
-    return msg
 
 
 def test_unknown_benchmark_lists_known_names():

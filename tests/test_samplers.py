@@ -334,13 +334,13 @@ def test_counter_rng_streams_are_uniform_and_independent():
         ({"name": "logit_normal", "s": -1}, ["s=-1"]),
         ({"name": "beta", "a": 0.0}, ["a=0.0", "> 0"]),
         ({"name": "beta", "b": -2.0}, ["b=-2.0"]),
-        ({"name": "uniform", "floor": 1.5}, ["floor=1.5", "[0.0, 1.0]"]),
+        ({"name": "uniform", "floor": 1.5}, ["floor=1.5", "[0, 1]"]),
         ({"name": "grad_norm", "floor": -0.1}, ["floor=-0.1"]),
         ({"name": "loss_second_moment", "n_bins": 1}, ["n_bins=1", ">= 2"]),
         ({"name": "mode", "scale": 3.0}, ["scale=3.0"]),
         ({"name": "uniform", "truncate": [0.8, 0.2]}, ["truncate=[0.8, 0.2]"]),
         ({"name": "uniform", "m": 1.0}, ["'m'", "allowed parameters are"]),
-        ({"name": "u_shaped", "a": 1.5}, ["a=1.5", "(0.0, 1.0)"]),
+        ({"name": "u_shaped", "a": 1.5}, ["a=1.5", "(0, 1)"]),
     ],
 )
 def test_bad_specs_are_refused_in_one_line(spec, words):
