@@ -2,9 +2,10 @@
 
 The naive loop is what flow-matching examples usually do: one model, one optimiser step per
 Python iteration, fresh data each step. The engine trains M seeds as one batched ensemble.
-Both run in this process on the same device, on the same benchmark and model size; the
-result is aggregate model-steps per second and its ratio to the naive loop. Peak memory is
-measured for each configuration in a fresh subprocess (CPU: max RSS; GPU: max allocated).
+Both run in one run of this script, one after the other, on the same device, benchmark and
+model size; each configuration runs in a fresh subprocess, so that its peak memory (CPU: max
+RSS; GPU: max allocated) is its own. The result is aggregate model-steps per second and its
+ratio to the naive loop.
 
     python benchmarks/throughput.py [--device cpu|cuda] [--members 64] [--steps 200]
         [--benchmark gmm8] [--batch 256]
