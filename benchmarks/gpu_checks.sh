@@ -50,4 +50,4 @@ if [ ${#failed[@]} -gt 0 ]; then
     echo "failed: ${failed[*]} (logs in $out)"
     exit 1
 fi
-echo "all GPU checks passed (logs and JSON in $out)"
+echo "all GPU checks passed (logs and JSON in $out; copy $out/throughput_*.json into book/measured/ to show them in the book)"

@@ -148,8 +148,13 @@ def main() -> None:
         from fmstudy.results import atomic_write
 
         device = torch.cuda.get_device_name() if torch.device(args.device).type == "cuda" else f"cpu ({os.cpu_count()} cores)"
+        import datetime
+
+        from fmstudy import __version__
+
         record = {"device": device, "benchmark": args.benchmark, "batch": args.batch, "members": members, "steps": args.steps,
-                  "torch": torch.__version__, "rows": [{"configuration": name, **r} for name, r in rows]}
+                  "torch": torch.__version__, "fmstudy": __version__, "date": datetime.date.today().isoformat(),
+                  "rows": [{"configuration": name, **r} for name, r in rows]}
         atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(record, indent=1)))
 
 

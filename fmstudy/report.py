@@ -18,7 +18,7 @@ import xarray as xr
 
 from .grid import GridError, collect
 
-__all__ = ["final", "glue_number", "load_grid_results", "profile", "results_dir", "run_link", "run_links_table", "tidy_curves"]
+__all__ = ["final", "glue_number", "load_grid_results", "profile", "results_dir", "run_link", "run_links_table", "throughput_table", "tidy_curves"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,6 +139,19 @@ def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform") -> 
             "speedup": sp, "speedup_seconds": sp_s, "reached": reached,
         })
     return pd.DataFrame(rows).set_index("sampler")
+
+
+def throughput_table(record: dict[str, Any]) -> pd.DataFrame:
+    """The rows of a ``benchmarks/throughput.py --json`` record, as rates and ratios to its
+    first row (the naive loop, measured in the same run of the script)."""
+    base = record["rows"][0]["model_steps_per_s"]
+    return pd.DataFrame([{
+        "configuration": r["configuration"],
+        "model-steps/s": r["model_steps_per_s"],
+        "x naive": r["model_steps_per_s"] / base,
+        "training only x naive": r.get("model_steps_per_s_training_only", r["model_steps_per_s"]) / base,
+        "peak memory (MB)": r["peak_memory_mb"],
+    } for r in record["rows"]]).set_index("configuration")
 
 
 def _ci(est: Any) -> str:
