@@ -50,8 +50,8 @@ from .solvers import log_likelihood, nfe, ode_sample
 
 __all__ = ["FLOOR_SEED", "NLL_MAX_DIM", "SampleQuality", "add_sample_quality", "sample_quality"]
 
-NLL_MAX_DIM = 8
-N_KEPT_SAMPLES = 64  # generated samples per member stored in the results for the book's figures  # NLL costs d backward passes per evaluation: only in low dimension
+NLL_MAX_DIM = 8  # NLL costs d backward passes per evaluation: only in low dimension
+N_KEPT_SAMPLES = 64  # generated samples per member stored in the results for the book's figures
 FLOOR_SEED = 20240601  # the floor's real sets: fixed, so a benchmark's floor is the same in every run
 Metric = Callable[[Tensor, Tensor], float]
 

@@ -319,8 +319,6 @@ class LogitNormal(_Tabulated):
     options = _Tabulated.options + ("m", "s")
 
     def __init__(self, seeds, m: float = 0.0, s: float = 1.0, **kw):
-        if isinstance(m, bool) or not isinstance(m, (int, float)) or not math.isfinite(m):
-            raise ValueError(f"m={m!r} is not allowed: m must be a finite number")
         self.m, self.s = check_float("m", m), check_float("s", s, 0.0, lo_open=True)
         super().__init__(seeds, **kw)
 

@@ -44,7 +44,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .checks import check_int
+from .checks import check_float, check_int
 from .paths import as_time, broadcast_time
 
 __all__ = [
@@ -201,13 +201,7 @@ def score_from_velocity(velocity_value: Tensor, x: Tensor, t: Tensor | float, si
 def _check_diffusion(diffusion: Diffusion) -> Diffusion:
     if callable(diffusion):
         return diffusion
-    if isinstance(diffusion, bool) or not isinstance(diffusion, (int, float)) or not (
-        math.isfinite(diffusion) and diffusion >= 0
-    ):
-        raise ValueError(
-            f"diffusion={diffusion!r} is not allowed: diffusion must be a finite number >= 0 or a callable g(t)"
-        )
-    return float(diffusion)
+    return check_float("diffusion", diffusion, 0.0, why=" or a callable g(t)")
 
 
 def sde_sample(
@@ -247,9 +241,7 @@ def sde_sample(
         t_end: where the stochastic part stops (see above).
     """
     check_int("steps", steps, 1)
-    sigma = float(sigma)
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"sigma={sigma} is not allowed: sigma must be a finite number >= 0")
+    sigma = check_float("sigma", sigma, 0.0)
     g = _check_diffusion(sigma if diffusion is None else diffusion)
     deterministic = g == 0.0  # a callable is never equal to 0.0
     if generator is None and not deterministic:
@@ -258,9 +250,8 @@ def sde_sample(
         times = _grid(0.0, 1.0, steps)
     else:
         check_int("steps", steps, 2)
-        if isinstance(t_end, bool) or not isinstance(t_end, (int, float)) or not (0.0 < t_end < 1.0):
-            raise ValueError(f"t_end={t_end!r} is not allowed: t_end must lie in (0, 1)")
-        times = _grid(0.0, float(t_end), steps - 1) + [1.0]
+        t_end = check_float("t_end", t_end, 0.0, 1.0, lo_open=True, hi_open=True)
+        times = _grid(0.0, t_end, steps - 1) + [1.0]
     x = x0
     with torch.no_grad():
         for i, (ta, tb) in enumerate(zip(times[:-1], times[1:])):
@@ -331,8 +322,7 @@ def log_likelihood(
     """
     _check_method(method)
     check_int("steps", steps, 1)
-    if isinstance(t1, bool) or not isinstance(t1, (int, float)) or not (0.0 < t1 <= 1.0):
-        raise ValueError(f"t1={t1!r} is not allowed: t1 must lie in (0, 1]")
+    t1 = check_float("t1", t1, 0.0, 1.0, lo_open=True)
     d = x1.shape[-1]
     _check_exact_dim(d)
 
