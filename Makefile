@@ -25,7 +25,8 @@ test: install
 # rebuilds), measure the engine's throughput once, then build the book strictly. --all: the
 # chapters' sources may be unchanged while the results they read are new, so every page is reread.
 PROFILE ?= quick
-JOBS ?= 2  # grid cells run at once (CPU: each gets its share of the cores; GPUs: one each)
+# grid cells run at once (CPU: each gets its share of the cores; GPUs: one each)
+JOBS ?= 2
 THROUGHPUT_ARGS_smoke := --steps 20 --members 4 --batch 64
 THROUGHPUT_ARGS_quick := --steps 200 --members 64
 THROUGHPUT_ARGS_full :=

@@ -7,13 +7,6 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-
-def _slurm_value(text: str) -> Any:
-    import yaml
-
-    return yaml.safe_load(text)  # 60 -> int, 'gpu' -> str, true -> bool
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -37,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("-o", "--output", help="output file (default: FOLDER/collected.nc)")
     args = parser.parse_args(argv)
 
+    import yaml
+
     from .grid import GridError, collect, is_finished, load_grid, run_grid
     from .results import write_netcdf
 
@@ -47,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 key, sep, value = item.partition("=")
                 if not sep or not key:
                     raise GridError(f"--slurm {item!r} is not allowed: write KEY=VALUE, e.g. timeout_min=120")
-                slurm[key] = _slurm_value(value)
+                slurm[key] = yaml.safe_load(value)  # 60 -> int, 'gpu' -> str, true -> bool
             grid = load_grid(args.file, args.results, args.pages)
             if args.dry_run:
                 for cell in grid.cells:

@@ -53,6 +53,7 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .checks import check_int
 from .results import atomic_write, read_netcdf
 
 __all__ = ["Cell", "Grid", "GridError", "Summary", "cell_id", "collect", "load_grid", "run_grid"]
@@ -109,7 +110,8 @@ def notebook_parameters(notebook: Path) -> dict[str, Any]:
 
 
 def _type_name(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", dict: "a mapping"}[type(value)]
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list", tuple: "a list", dict: "a mapping"}
+    return names.get(type(value), type(value).__name__)
 
 
 def _coerce(where: str, value: Any, default: Any) -> Any:
@@ -124,7 +126,7 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
         return list(value)
     if type(value) is type(default):
         return value
-    raise GridError(f"{where}: {value!r} is {type(value).__name__}: it must be {_type_name(type(default)())}")
+    raise GridError(f"{where}: {value!r} is {type(value).__name__}: it must be {_type_name(default)}")
 
 
 def _label(value: Any) -> Any:
@@ -156,7 +158,7 @@ def _check_domain(file: Path, cell: Cell, checked: set[str]) -> None:
         raise GridError(f"{file}: benchmark: unknown benchmark {p['benchmark']!r}: known benchmarks are {', '.join(benchmark_names())}")
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
-        cfg = TrainConfig(**{k: (tuple(v) if k == "seeds" else v) for k, v in p.items() if k in fields})
+        cfg = TrainConfig(**{k: v for k, v in p.items() if k in fields})  # TrainConfig makes seeds a tuple
         key = json.dumps([cfg.benchmark, cfg.benchmark_options], sort_keys=True)
         if key not in checked:
             get_benchmark(cfg.benchmark, **cfg.benchmark_options)
@@ -473,8 +475,10 @@ def run_grid(
 
     if executor not in ("local", "slurm"):
         raise GridError(f"executor={executor!r} is not allowed: executor must be 'local' or 'slurm'")
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise GridError(f"jobs={jobs!r} is not allowed: jobs must be an integer >= 1")
+    try:
+        jobs = check_int("jobs", jobs, 1)
+    except ValueError as err:
+        raise GridError(str(err)) from None
     (grid.results / "cells").mkdir(parents=True, exist_ok=True)
     summary, tic = Summary(), time.perf_counter()
     todo = [c for c in grid.cells if force or not is_finished(grid.results, c.id)]

@@ -19,7 +19,6 @@ import yaml
 
 pytest.importorskip("papermill")
 
-from fmstudy import __version__
 from fmstudy.__main__ import main
 from fmstudy.grid import GridError, cell_id, collect, is_finished, load_grid, run_grid
 from fmstudy.results import read_netcdf
@@ -54,7 +53,6 @@ def test_expansion_is_the_cross_product_and_ids_are_stable(tmp_path):
     # a changed value changes the id
     g3 = load_grid(write_grid(tmp_path, {"axes": TINY_AXES, "fixed": {"steps": 4}}, "third.yaml"))
     assert not {c.id for c in g1.cells} & {c.id for c in g3.cells}
-    assert __version__ in cell_id.__doc__ or "version" in cell_id.__doc__
 
 
 def test_sub_grids_share_cells_and_add_axes(tmp_path):
@@ -233,6 +231,8 @@ def test_local_process_pool(tmp_path):
     grid = load_grid(write_grid(tmp_path, {"axes": TINY_AXES}))
     summary = run_grid(grid, jobs=2, progress=False)
     assert summary.ran == 4 and not summary.failed
+    with pytest.raises(GridError, match="jobs=0 is not allowed"):
+        run_grid(grid, jobs=0)
 
 
 def test_submitit_executor_runs_a_grid(tmp_path):
@@ -241,8 +241,6 @@ def test_submitit_executor_runs_a_grid(tmp_path):
     summary = run_grid(grid, executor="slurm", cluster="local", progress=False)
     assert summary.ran == 2 and not summary.failed
     assert all(is_finished(grid.results, c.id) for c in grid.cells)
-    with pytest.raises(GridError, match="jobs=0 is not allowed"):
-        run_grid(grid, jobs=0)
 
 
 def test_smoke_grid_end_to_end(tmp_path):
