@@ -257,3 +257,18 @@ def test_smoke_grid_end_to_end(tmp_path):
     for var in ("integrated_excess", "grad_snr", "sample_sw", "floor_sw"):
         assert var in ds and np.isfinite(ds[var].values).all(), var
     assert int(ds.unbiased.sel(sampler="uniform")) == 1
+
+
+def test_every_profile_has_the_sub_grids_the_chapters_read():
+    """A chapter that asks for a sub-grid the profile lacks prints 'no comparison' instead of
+    results: every grid file must name each sub-grid the chapters load."""
+    import re
+
+    wanted = set()
+    for chapter in (ROOT / "book" / "chapters").glob("*.md"):
+        wanted |= set(re.findall(r'load_grid_results\("([^"]+)"\)', chapter.read_text()))
+    assert wanted >= {"compare", "robustness", "real"}
+    for profile in ("smoke", "quick", "full"):
+        spec = yaml.safe_load((ROOT / "papermill_params" / f"{profile}.yaml").read_text())
+        names = {g["name"] for g in spec["grids"]}
+        assert wanted <= names, (profile, wanted - names)
