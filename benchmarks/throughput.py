@@ -22,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -155,7 +156,7 @@ def main() -> None:
         record = {"device": device, "benchmark": args.benchmark, "batch": args.batch, "members": members, "steps": args.steps,
                   "torch": torch.__version__, "fmstudy": __version__, "date": datetime.date.today().isoformat(),
                   "rows": [{"configuration": name, **r} for name, r in rows]}
-        atomic_write(args.json, lambda tmp: open(tmp, "w").write(json.dumps(record, indent=1)))
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1)))
 
 
 if __name__ == "__main__":

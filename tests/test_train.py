@@ -151,7 +151,7 @@ class _HostReads(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
-        masked = name.startswith("index") and any(getattr(i, "dtype", None) == torch.bool for i in (args[1] or ()))
+        masked = name.startswith("index") and any(getattr(i, "dtype", None) == torch.bool for i in (args[1] if isinstance(args[1], (list, tuple)) else ()))
         stack = traceback.extract_stack()
         if (name in self.READS or masked) and not any("torch/optim" in f.filename for f in stack):
             where = next((f for f in reversed(stack) if "fmstudy" in f.filename), stack[-1])
