@@ -18,7 +18,10 @@ import xarray as xr
 
 from .grid import GridError, collect
 
-__all__ = ["final", "glue_number", "load_grid_results", "profile", "results_dir", "run_link", "run_links_table", "throughput_table", "tidy_curves"]
+__all__ = [
+    "against_baseline", "convergence_metric", "final", "glue_number", "load_grid_results", "profile", "results_dir",
+    "run_link", "run_links_table", "samplers_of", "select_benchmark", "shown", "throughput_table", "tidy_curves",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 
