@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .grid import GridError, collect
+from .store import GridError, collect
 
 __all__ = [
     "against_baseline", "convergence_metric", "final", "glue_number", "load_grid_results", "profile", "results_dir",
