@@ -27,7 +27,15 @@ from torch import Tensor, nn
 
 from .checks import check_float, check_int
 
-__all__ = ["MLPConfig", "VelocityEnsemble", "VelocityMLP", "per_sample_grad_sq", "time_embedding"]
+__all__ = [
+    "MLPConfig",
+    "VelocityEnsemble",
+    "VelocityMLP",
+    "adam_preconditioner",
+    "per_sample_grad_sq",
+    "per_sample_grad_sq_adam",
+    "time_embedding",
+]
 
 
 @dataclass(frozen=True)
@@ -231,16 +239,72 @@ class VelocityEnsemble(nn.Module):
         return h
 
 
-def per_sample_grad_sq(trace: list[tuple[Tensor, Tensor]]) -> Tensor:
+def _deltas(trace: list[tuple[Tensor, Tensor]], deltas: Sequence[Tensor] | None) -> list[Tensor]:
+    if deltas is not None:
+        if len(deltas) != len(trace):
+            raise ValueError(f"{len(deltas)} deltas for {len(trace)} traced layers are not allowed: give one per layer")
+        return list(deltas)
+    return [pre.grad for _, pre in trace]
+
+
+def per_sample_grad_sq(trace: list[tuple[Tensor, Tensor]], deltas: Sequence[Tensor] | None = None) -> Tensor:
     """Squared norm of each sample's share of the parameter gradient, ``[M, N]``.
 
     Sample n enters layer l once, so its share of the weight gradient is the outer product
     ``a_n delta_n^T`` (input times the gradient of the pre-activation) and of the bias
     ``delta_n``; hence ``||g_n||^2 = sum_l (||a_n||^2 + 1) ||delta_n||^2`` exactly. Call after
-    ``backward`` on a loss that was traced by ``VelocityEnsemble.forward(..., trace=...)``.
+    ``backward`` on a loss that was traced by ``VelocityEnsemble.forward(..., trace=...)``, or
+    pass the pre-activation gradients ``deltas`` (e.g. from ``torch.autograd.grad``).
     """
     total = None
-    for a, pre in trace:
-        part = (a.pow(2).sum(-1) + 1) * pre.grad.pow(2).sum(-1)
+    for (a, _), delta in zip(trace, _deltas(trace, deltas)):
+        part = (a.pow(2).sum(-1) + 1) * delta.pow(2).sum(-1)
         total = part if total is None else total + part
     return total
+
+
+def per_sample_grad_sq_adam(
+    trace: list[tuple[Tensor, Tensor]],
+    precond: tuple[Sequence[Tensor], Sequence[Tensor]],
+    deltas: Sequence[Tensor] | None = None,
+) -> Tensor:
+    """Each sample's squared gradient norm in a diagonal metric, ``g_n^T P g_n``, ``[M, N]``.
+
+    With the weight gradient ``a_n delta_n^T`` and a diagonal ``P`` (``P_W [M, in, out]`` per
+    weight, ``P_b [M, out]`` per bias, as from :func:`adam_preconditioner`),
+
+        g_n^T P g_n = sum_l (a_n^2)^T P_W (delta_n^2) + (delta_n^2)^T P_b,
+
+    one batched matrix product per layer (the cost of a forward pass), exact. Same trace and
+    ``deltas`` as :func:`per_sample_grad_sq`.
+    """
+    p_w, p_b = precond
+    if len(p_w) != len(trace) or len(p_b) != len(trace):
+        raise ValueError(f"a preconditioner for {len(p_w)} layers is not allowed: the trace has {len(trace)}")
+    total = None
+    for (a, _), delta, pw, pb in zip(trace, _deltas(trace, deltas), p_w, p_b):
+        d2 = delta.pow(2)
+        part = (torch.bmm(a.pow(2).to(pw.dtype), pw).to(d2.dtype) * d2).sum(-1) + (d2 * pb[:, None, :].to(d2.dtype)).sum(-1)
+        total = part if total is None else total + part
+    return total
+
+
+def adam_preconditioner(optimizer: torch.optim.Optimizer, model: VelocityEnsemble) -> tuple[list[Tensor], list[Tensor]]:
+    """Adam's current diagonal preconditioner ``P = 1 / (sqrt(v_hat) + eps)`` for the model's
+    weights and biases, ``v_hat = exp_avg_sq / (1 - beta2^step)`` (``max_exp_avg_sq`` with
+    amsgrad), read from ``optimizer.state``: the metric in which Adam's step is a gradient
+    step, ``theta <- theta - lr P m_hat``. Returns ``(P_W per layer, P_b per layer)``.
+    Before Adam's first step there is no ``v``, and that is a ``ValueError``."""
+    groups = {id(q): g for g in optimizer.param_groups for q in g["params"]}
+
+    def one(param: Tensor) -> Tensor:
+        state = optimizer.state.get(param, {})
+        if id(param) not in groups or "exp_avg_sq" not in state:
+            raise ValueError("optimizer state without exp_avg_sq is not allowed: take one Adam step before reading its preconditioner")
+        group = groups[id(param)]
+        step = float(state["step"])
+        v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
+        v_hat = v / (1 - group["betas"][1] ** step)
+        return 1.0 / (v_hat.sqrt() + group["eps"])
+
+    return [one(w) for w in model.weights], [one(b) for b in model.biases]

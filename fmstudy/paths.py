@@ -143,6 +143,26 @@ class BrownianBridge:
             return math.inf if t_eps == 0.0 else math.nan
         return self.sigma**2 * (0.5 * math.log((1 - t_eps) / t_eps) - (1 - 2 * t_eps))
 
+    def rb_coefficient(self, t: Tensor | float) -> Tensor:
+        """``c_t = b_t / v_t`` with ``v_t = (1 - t)^2 + sigma^2 t (1 - t)`` and
+        ``b_t = -(1 - t) + sigma^2 (1 - 2t) / 2`` (STUDY.md section 2); finite for t < 1."""
+        t = as_time(t)
+        v = (1 - t) ** 2 + self.sigma**2 * t * (1 - t)
+        return (-(1 - t) + self.sigma**2 * (1 - 2 * t) / 2) / v
+
+    def rb_target(self, x1: Tensor, xt: Tensor, t: Tensor | float) -> Tensor:
+        """The Rao-Blackwellised target ``E[u_t | x1, x_t] = x1 + c_t (x_t - t x1)`` (1.6).
+
+        Given x1, ``n_t = x_t - t x1 = (1 - t) x0 + s_t eps`` and ``u_t - x1 = -x0 + s'_t eps``
+        are jointly Gaussian with per-dimension variance ``v_t`` and covariance
+        ``-(1 - t) + s_t s'_t = b_t``, so the conditional mean is ``x1 + (b_t / v_t) n_t`` for
+        ANY data distribution (no oracle). Since ``E[rb | x_t] = E[u_t | x_t] = v*``, the loss
+        with it differs from the loss with ``u_t`` by ``E||u_t - rb||^2``, a constant in the
+        model, and its per-sample gradients have less variance (Rao-Blackwell). ``t < 1``.
+        """
+        t = broadcast_time(as_time(t, x1), x1)
+        return x1 + self.rb_coefficient(t) * (xt - t * x1)
+
     # -- functions of the endpoints ---------------------------------------------------------
     def mean(self, x0: Tensor, x1: Tensor, t: Tensor | float) -> Tensor:
         """``mu_t = (1 - t) x0 + t x1`` (1.1), with ``t`` broadcast over the data."""

@@ -1,0 +1,201 @@
+"""Samplers built on the variance account (STUDY.md section 4.5, :mod:`fmstudy.variance`).
+
+- ``var_opt``: online q*_k ∝ p_k sqrt(S_k), S_k estimated from the training batch's own
+  per-sample squared gradient norms (no extra passes), with noise-aware shrinkage;
+  ``neyman=True`` allocates by the within-bin spread instead and is meant with stratified draws.
+- ``oracle_qstar``: q* (or Neyman) from per-bin moments the trainer measures on many fresh
+  probes at each feedback: the upper bound of unbiased allocation over these bins.
+- ``info_snr``: kept because the book reads earlier runs of it; see its docstring for what it
+  optimises (not the fixed objective's variance).
+
+With equal bins p_k = 1/K, so ``q ∝ p sqrt(S)`` is ``q ∝ sqrt(S)``. ``update`` never synchronises
+with the host.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .adaptive_samplers import _Binned, _Smoothed
+from .checks import check_int
+from .sampler_base import Feedback
+
+__all__ = ["VarOpt", "OracleQStar", "InfoSNR"]
+
+_METRICS = {"adam": ("grad_sq_adam", "bin_grad_sq_adam", "bin_grad_mean_sq_adam"), "euclid": ("grad_norm", "bin_grad_sq", "bin_grad_mean_sq")}
+_HUGE = 1e300  # the standard error of a bin without enough data: fully shrunk
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in _METRICS:
+        raise ValueError(f"metric={metric!r} is not allowed: use one of {', '.join(_METRICS)}")
+    return metric
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not allowed: it must be true or false")
+    return value
+
+
+class VarOpt(_Binned):
+    """Online variance-optimal allocation, ``q_k ∝ sqrt(S_k)`` (4.5b), in Adam's metric by default.
+
+    Fed each step with the batch's per-sample squared gradient norms ``x_b`` of the unweighted
+    per-sample loss (``g_b^T P g_b`` with ``metric="adam"``, field ``grad_sq_adam``; ``||g_b||^2``
+    with ``metric="euclid"``, field ``grad_norm``) and their times. Within a bin the draws are
+    uniform whatever q is, so the bin's mean of x is unbiased for S_k.
+
+    Tracking: exponentially forgotten sums per (member, bin), with ``gamma = 1 - 1/horizon``
+    per update: ``n = sum w``, ``n2 = sum w^2``, ``s1 = sum w x``, ``s2 = sum w x^2``; the mean
+    ``m_k = s1/n`` has squared standard error ``se_k^2 = var_k n2 / n^2`` with the weighted
+    within-bin variance ``var_k = (s2 - s1^2/n) / (n - n2/n)``.
+
+    Shrinkage (empirical Bayes, James-Stein): ``m_k ~ N(S_k, se_k^2)``, ``S_k ~ N(mu, tau^2)``
+    across bins; ``mu`` is the mean of the bins' m_k and ``tau^2 = max(0, Var_k(m_k) -
+    mean_k se_k^2)`` (moments), and
+
+        S_hat_k = mu + tau^2 / (tau^2 + se_k^2) (m_k - mu),
+
+    so a bin whose mean is noisy against the spread between bins is pulled to the pooled mean
+    (at the start, every bin: the proposal begins uniform and leaves it as evidence accrues).
+    Bins with an effective count ``n^2/n2`` below ``min_samples`` are fully shrunk.
+
+    ``neyman=True`` allocates ``q_k ∝ sqrt(max(S_hat_k - ||G_k||^2, 0))`` (4.5d), optimal with
+    draws stratified over bins (use ``stratified=True``; the alias ``var_opt_neyman`` sets both).
+    Per-sample norms alone cannot give the bin means ``||G_k||^2`` (that needs gradient
+    vectors, or pairwise products of per-sample gradients, a cost of order B^2 per layer), so
+    ``||G_k||^2`` is taken from per-bin feedback (``bin_grad_mean_sq_adam`` or
+    ``bin_grad_mean_sq``, e.g. from :func:`fmstudy.signals.measure_variance`) whenever the trainer
+    sends it, the latest measurement replacing the previous; until then it is 0 and the Neyman
+    allocation equals q* (an upper bound of N_k).
+    """
+
+    name = "var_opt"
+    options = _Binned.options + ("metric", "neyman", "horizon", "min_samples")
+
+    def __init__(self, seeds, metric: str = "adam", neyman: bool = False, horizon: int = 100, min_samples: int = 8, **kw):
+        self.metric = _check_metric(metric)
+        self.neyman = _check_bool("neyman", neyman)
+        self.horizon = check_int("horizon", horizon, 1)
+        self.min_samples = check_int("min_samples", min_samples, 2)
+        super().__init__(seeds, **kw)
+        self.requires = frozenset({"t", _METRICS[metric][0]})
+        zeros = torch.zeros(self.n_members, self.n_bins, dtype=torch.float64, device=self.device)
+        self.sums = torch.zeros(4, self.n_members, self.n_bins, dtype=torch.float64, device=self.device)  # n, n2, s1, s2
+        self.mean_sq = zeros  # ||G_k||^2 from the latest per-bin feedback (Neyman only)
+
+    def estimate(self) -> Tensor:
+        """The shrunk second moments ``S_hat [M, K]`` (class docstring)."""
+        n, n2, s1, s2 = self.sums
+        have = n > 0
+        m = torch.where(have, s1 / n.clamp(min=1e-300), torch.zeros_like(n))
+        dof = n - n2 / n.clamp(min=1e-300)
+        var = ((s2 - s1**2 / n.clamp(min=1e-300)) / dof.clamp(min=1e-300)).clamp(min=0)
+        enough = have & (n**2 >= self.min_samples * n2)
+        se2 = torch.where(enough, var * n2 / n.clamp(min=1e-300) ** 2, torch.full_like(n, _HUGE))
+        count = enough.sum(1, keepdim=True).clamp(min=1)
+        mu = torch.where(enough, m, 0.0).sum(1, keepdim=True) / count
+        spread = torch.where(enough, (m - mu) ** 2, 0.0).sum(1, keepdim=True) / (count - 1).clamp(min=1)
+        mean_se2 = torch.where(enough, se2, 0.0).sum(1, keepdim=True) / count
+        tau2 = (spread - mean_se2).clamp(min=0)
+        shrink = tau2 / (tau2 + se2).clamp(min=1e-300)
+        return mu + shrink * (m - mu)
+
+    def update(self, feedback: Feedback) -> None:
+        field, _, mean_field = _METRICS[self.metric]
+        got = self._needs(feedback, mean_field)
+        if got is not None:
+            self.mean_sq = got[0].clamp(min=0)
+        got = self._needs(feedback, "t", field)
+        if got is not None:
+            t, x = got
+            if field == "grad_norm":
+                x = x**2
+            m, k = self.n_members, self.n_bins
+            key = (torch.arange(m, device=self.device)[:, None] * k + self.bin_of(t)).reshape(-1)
+            x = x.reshape(-1)
+            ones = torch.ones_like(x)
+            new = torch.zeros(4, m * k, dtype=torch.float64, device=self.device)
+            for row, values in enumerate((ones, ones, x, x * x)):
+                new[row].index_add_(0, key, values)
+            gamma = 1.0 - 1.0 / self.horizon
+            decay = torch.tensor([gamma, gamma**2, gamma, gamma], dtype=torch.float64, device=self.device)
+            self.sums = decay[:, None, None] * self.sums + new.view(4, m, k)
+        s_hat = self.estimate().clamp(min=0)
+        if self.neyman:
+            s_hat = (s_hat - self.mean_sq).clamp(min=0)
+        self._set_probs(s_hat.sqrt())
+
+    def _state(self) -> dict[str, Tensor]:
+        return {"probs": self.probs, "sums": self.sums, "mean_sq": self.mean_sq}
+
+    def _family(self) -> dict[str, Any]:
+        return {"metric": self.metric, "neyman": self.neyman, "horizon": self.horizon, "min_samples": self.min_samples}
+
+
+class OracleQStar(_Smoothed):
+    """The oracle allocation ``q_k ∝ sqrt(S_k)`` (4.5b), or with ``neyman=True``
+    ``q_k ∝ sqrt(max(S_k - ||G_k||^2, 0))`` (4.5d, for stratified draws), set at each per-bin
+    feedback from moments the trainer measures on many FRESH probes
+    (:func:`fmstudy.signals.measure_variance`: ``bin_grad_sq_adam``/``bin_grad_mean_sq_adam``
+    with ``metric="adam"``, ``bin_grad_sq``/``bin_grad_mean_sq`` with ``"euclid"``). Those extra
+    passes are the trainer's to count. It is the bound that unbiased allocation over these bins
+    can reach, up to the probes' error; ``smoothing = 1`` (default) uses the latest measurement.
+    """
+
+    name = "oracle_qstar"
+    options = _Smoothed.options + ("metric", "neyman")
+
+    def __init__(self, seeds, metric: str = "adam", neyman: bool = False, smoothing: float = 1.0, **kw):
+        self.metric = _check_metric(metric)
+        self.neyman = _check_bool("neyman", neyman)
+        super().__init__(seeds, smoothing=smoothing, **kw)
+        _, second, mean = _METRICS[metric]
+        self.requires = frozenset({second, mean} if neyman else {second})
+
+    def update(self, feedback: Feedback) -> None:
+        _, second, mean = _METRICS[self.metric]
+        got = self._needs(feedback, *((second, mean) if self.neyman else (second,)))
+        if got is None:
+            return
+        target = got[0] - got[1].clamp(min=0) if self.neyman else got[0]
+        self._smooth(target.clamp(min=0))
+        self._set_probs(self.score.sqrt())
+
+    def _params(self) -> dict[str, Any]:
+        return {"metric": self.metric, "neyman": self.neyman}
+
+
+class InfoSNR(_Smoothed):
+    """``q_k ∝ ||G_k||^4 / S_k`` from per-bin gradient moments (kept for the book's earlier runs).
+
+    What it optimises: one bin's OWN loss decrease under a plain SGD step on one sample of that
+    bin. To second order with curvature beta, a step of size eta changes bin k's loss by
+    ``-eta ||G_k||^2 + beta eta^2 S_k / 2``; at the best eta the decrease is
+
+        Delta_k = ||G_k||^4 / (2 beta S_k)                                               (4.4)
+
+    and the proposal puts samples in proportion to it. This is NOT the variance-optimal
+    allocation for the fixed objective (that is q* ∝ sqrt(S_k), :class:`VarOpt` and
+    :class:`OracleQStar`): with importance weights (4.2) every q gives the same expected
+    gradient and only V(q) (4.5a) differs, which (4.4) does not minimise; training uses Adam,
+    not SGD, and the weight 1/q is outside the derivation. Its score needs ``||G_k||^2``, which
+    a few dozen probes per bin do not resolve (the unbiased estimate is often <= 0), so with
+    fixed probes it follows estimator noise.
+    """
+
+    name = "info_snr"
+    requires = frozenset({"bin_grad_mean_sq", "bin_grad_sq"})
+
+    def update(self, feedback: Feedback) -> None:
+        got = self._needs(feedback, "bin_grad_mean_sq", "bin_grad_sq")
+        if got is None:
+            return
+        signal, second = got
+        signal = signal.clamp(min=0)
+        self._smooth(signal**2 / second.clamp(min=1e-300))
+        self._set_probs(self.score)
