@@ -15,21 +15,29 @@ with gradient ``g_i = grad_theta l_i``:
 
 Per-sample gradient norms are exact (:func:`fmstudy.models.per_sample_grad_sq`), obtained from
 the same backward pass that gives ``gbar``: one forward and one backward per bin.
+
+The variance account (STUDY.md 4.5) is measured by :func:`measure_variance` on FRESH probes
+(:func:`fresh_probes`, a new draw for every key the caller passes, independent of the fixed
+probes, the held-out set and the quadrature points), split into R groups so that every
+quantity gets a standard error (:func:`fmstudy.variance.account_with_errors`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .data import ProbeSet
-from .models import VelocityEnsemble, per_sample_grad_sq
+from .checks import check_int
+from .data import Benchmark, ProbeSet
+from .models import VelocityEnsemble, per_sample_grad_sq, per_sample_grad_sq_adam
 from .oracle import BridgeOracle
 from .paths import BrownianBridge
+from .variance import GradientMoments
 
-__all__ = ["BinSignals", "measure_bins", "probe_irreducible"]
+__all__ = ["BinSignals", "fresh_probes", "measure_bins", "measure_variance", "probe_irreducible"]
 
 
 @dataclass(frozen=True)
@@ -120,3 +128,114 @@ def probe_irreducible(oracle: BridgeOracle, path: BrownianBridge, probes: ProbeS
         v = oracle.velocity(s.xt, t)
         values.append((oracle.target_second_moment(t) - (v**2).mean(-1)).mean())
     return torch.stack(values)
+
+
+# -- the variance account on fresh probes ----------------------------------------------------
+def fresh_probes(bench: Benchmark, n_bins: int, per_bin: int, t_eps: float, key: int) -> ProbeSet:
+    """A new probe set for each ``key`` (e.g. the training step): ``per_bin`` points with t
+    uniform in each of ``n_bins`` equal bins of ``[t_eps, 1 - t_eps]``, x0 and eps standard
+    normal, x1 training data. Seeded by a hash of (benchmark, sizes, key) under its own purpose
+    name, so it shares no random numbers with the fixed probes, the held-out set, the oracle's
+    quadrature or another key; a run's measurements stay a function of its parameters."""
+    n_bins, per_bin, key = check_int("n_bins", n_bins, 1), check_int("per_bin", per_bin, 1), check_int("key", key, 0)
+    digest = hashlib.sha256(repr(("fresh-probes", bench.name, bench.seed, n_bins, per_bin, float(t_eps), key)).encode()).digest()
+    g = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    edges = torch.linspace(float(t_eps), 1.0 - float(t_eps), n_bins + 1, dtype=torch.float64)
+    u = torch.rand(n_bins, per_bin, generator=g, dtype=torch.float64)
+    t = (edges[:-1, None] + (edges[1:] - edges[:-1])[:, None] * u).float()
+    # float32 rounding may land on an edge (or on 0 or 1): keep t strictly inside its bin.
+    e32 = edges.float()
+    t = torch.minimum(torch.maximum(t, torch.nextafter(e32[:-1], e32[1:])[:, None]), torch.nextafter(e32[1:], e32[:-1])[:, None])
+    shape = (n_bins, per_bin, bench.dim)
+    x0 = torch.randn(shape, generator=g)
+    eps = torch.randn(shape, generator=g)
+    x1 = bench.sample(n_bins * per_bin, g).reshape(shape)
+    return ProbeSet(edges=e32, t=t, x0=x0, x1=x1, eps=eps)
+
+
+def measure_variance(
+    model: VelocityEnsemble,
+    path: BrownianBridge,
+    probes: ProbeSet,
+    groups: int = 8,
+    precond: tuple[list[Tensor], list[Tensor]] | None = None,
+    bins_per_pass: int = 1,
+) -> tuple[GradientMoments, GradientMoments | None]:
+    """Unbiased gradient moments per bin for the variance account (4.5), Euclidean and, with
+    Adam's ``precond`` (:func:`fmstudy.models.adam_preconditioner`), in Adam's metric.
+
+    Each bin's ``per_bin`` probes are split into ``groups`` groups of P (R = groups independent
+    probe sets). For group r and bin k, with per-sample gradients ``g_i`` of the unweighted loss
+    ``l_i`` and the group's bin mean ``gbar_rk``:
+
+        S_rk    = mean_i ||g_i||^2                                   unbiased E[||g||^2 | k]
+        N_rk    = P / (P - 1) (S_rk - ||gbar_rk||^2)                 unbiased S_k - ||G_k||^2
+        G2_rk   = ||gbar_rk||^2 - N_rk / P                           unbiased ||G_k||^2
+        G2_r    = ||sum_k p_k gbar_rk||^2 - sum_k p_k^2 N_rk / P     unbiased ||G||^2
+
+    (the last because the bins' means are independent, so ``E||sum p gbar||^2 = ||G||^2 +
+    sum p^2 N / P``). Per-sample norms come from the trace, bin means from one batched product
+    per layer and group (no per-sample gradient is stored). Cost: ``n_bins / bins_per_pass``
+    forward and backward passes of ``bins_per_pass * per_bin`` points per member; memory grows
+    with ``bins_per_pass * groups * M * (weights)``. The model's ``.grad`` is not touched.
+    """
+    groups = check_int("groups", groups, 2)
+    bins_per_pass = check_int("bins_per_pass", bins_per_pass, 1)
+    k_all, per = probes.n_bins, probes.per_bin
+    if per % groups or per // groups < 2:
+        raise ValueError(f"per_bin={per} is not allowed with groups={groups}: it must be a multiple of groups, at least 2 per group")
+    p_size = per // groups
+    like = model.weights[0]
+    m = model.n_members
+    edges = probes.edges.to(torch.float64)
+    mass = (edges.diff() / (edges[-1] - edges[0])).to(like.device)
+    metrics = ["euclid"] + (["adam"] if precond is not None else [])
+    second = {x: [] for x in metrics}
+    cell_sq = {x: [] for x in metrics}
+    full_w = [torch.zeros(m, groups, *w.shape[1:], dtype=like.dtype, device=like.device) for w in model.weights]
+    full_b = [torch.zeros(m, groups, b.shape[1], dtype=like.dtype, device=like.device) for b in model.biases]
+    for k0 in range(0, k_all, bins_per_pass):
+        c = min(bins_per_pass, k_all - k0)
+        t, x0, x1, eps = (v[k0 : k0 + c].reshape(c * per, *v.shape[2:]).to(like) for v in (probes.t, probes.x0, probes.x1, probes.eps))
+        s = path.sample(x0, x1, t, eps, check=False)
+        trace: list = []
+        with torch.enable_grad():
+            per_sample = ((model(s.xt, t, trace=trace) - s.ut) ** 2).mean(-1)  # [M, c * per]
+            deltas = torch.autograd.grad(per_sample.sum(), [pre for _, pre in trace])
+        norms = {"euclid": per_sample_grad_sq(trace, deltas)}
+        if precond is not None:
+            norms["adam"] = per_sample_grad_sq_adam(trace, precond, deltas)
+        for x in metrics:
+            second[x].append(norms[x].double().view(m, c, groups, p_size).mean(-1))
+        sq = {x: torch.zeros(m, c, groups, dtype=torch.float64, device=like.device) for x in metrics}
+        weight = mass[k0 : k0 + c].to(like.dtype)[None, :, None, None]
+        for layer, ((a, _), delta) in enumerate(zip(trace, deltas)):
+            a = a.reshape(m, c * groups, p_size, -1)
+            delta = delta.reshape(m, c * groups, p_size, -1)
+            g_w = torch.einsum("mcpi,mcpo->mcio", a, delta) / p_size  # cell means [M, c * R, in, out]
+            g_b = delta.mean(2)
+            sq["euclid"] += (g_w.double().pow(2).sum((-1, -2)) + g_b.double().pow(2).sum(-1)).view(m, c, groups)
+            if precond is not None:
+                pw, pb = precond[0][layer], precond[1][layer]
+                adam = (g_w.pow(2) * pw[:, None]).double().sum((-1, -2)) + (g_b.pow(2) * pb[:, None]).double().sum(-1)
+                sq["adam"] += adam.view(m, c, groups)
+            full_w[layer] += (weight * g_w.view(m, c, groups, *g_w.shape[2:])).sum(1)
+            full_b[layer] += (weight[..., 0] * g_b.view(m, c, groups, -1)).sum(1)
+        for x in metrics:
+            cell_sq[x].append(sq[x])
+    out = []
+    for x in metrics:
+        pw_all = precond if x == "adam" else ([None] * len(full_w), [None] * len(full_b))
+        full = torch.zeros(m, groups, dtype=torch.float64, device=like.device)
+        for w, b, pw, pb in zip(full_w, full_b, *pw_all):
+            if pw is None:
+                full += w.double().pow(2).sum((-1, -2)) + b.double().pow(2).sum(-1)
+            else:
+                full += (w.pow(2) * pw[:, None]).double().sum((-1, -2)) + (b.pow(2) * pb[:, None]).double().sum(-1)
+        sec = torch.cat(second[x], 1).permute(2, 0, 1)  # [R, M, K]
+        gbar_sq = torch.cat(cell_sq[x], 1).permute(2, 0, 1)
+        noise = p_size / (p_size - 1) * (sec - gbar_sq)
+        mass64 = mass.double()
+        full_sq = full.T - (mass64**2 * noise).sum(-1) / p_size
+        out.append(GradientMoments(sec, noise, gbar_sq - noise / p_size, full_sq, mass64, p_size))
+    return out[0], (out[1] if precond is not None else None)
