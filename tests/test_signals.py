@@ -44,3 +44,66 @@ def test_gradient_statistics_match_per_sample_gradients():
     irr = probe_irreducible(bench.oracle(path), path, probes)
     assert irr.shape == (3,) and bool((irr > 0).all())
     assert bool(((sig.loss - irr - sig.excess).abs() <= 2 * (irr * sig.excess).sqrt() + 0.5 * irr).all())
+
+
+def test_variance_moments_match_per_sample_gradients():
+    """measure_variance's S, N, ||G_k||^2 and ||G||^2 (Euclidean and in a diagonal metric P)
+    against per-sample gradient vectors from torch.func, grouped by hand."""
+    from fmstudy.signals import fresh_probes, measure_variance
+
+    bench = get_benchmark("gmm8")
+    k, groups, per = 3, 2, 6
+    probes = fresh_probes(bench, n_bins=k, per_bin=per, t_eps=0.01, key=5)
+    path = BrownianBridge(0.7, 0.01)
+    ens = VelocityEnsemble(MLPConfig(dim=2, hidden=6, depth=2, n_freqs=2), seeds=[0, 1]).double()
+    gen = torch.Generator().manual_seed(1)
+    pw = [torch.rand(w.shape, generator=gen, dtype=torch.float64) + 0.1 for w in ens.weights]
+    pb = [torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.1 for b in ens.biases]
+    euclid, adam = measure_variance(ens, path, probes, groups=groups, precond=(pw, pb), bins_per_pass=2)
+    assert euclid.second.shape == (groups, 2, k) and euclid.full_sq.shape == (groups, 2)
+    p = per // groups
+    for i in range(2):
+        single = ens.member(i).double()
+        params = {n: q.detach() for n, q in single.named_parameters()}
+        # nn.Linear stores W as [out, in]; the ensemble as [in, out].
+        diag = torch.cat([x.flatten() for pair in zip(pw, pb) for x in (pair[0][i].T, pair[1][i])])
+        names = [n for n, _ in single.named_parameters()]
+        assert names == [f"layers.{j}.{w}" for j in range(3) for w in ("weight", "bias")]
+
+        def loss(q, x, t, u):
+            return ((functional_call(single, q, (x[None], t[None])) - u[None]) ** 2).mean()
+
+        means = torch.zeros(groups, k, diag.numel(), dtype=torch.float64)
+        for b in range(k):
+            t = probes.t[b].double()
+            s = path.sample(probes.x0[b].double(), probes.x1[b].double(), t, probes.eps[b].double())
+            g = vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, s.xt, t, s.ut)
+            flat = torch.cat([g[n].flatten(1) for n in names], 1).view(groups, p, -1)
+            means[:, b] = flat.mean(1)
+            for metric, got, weight in (("e", euclid, torch.ones_like(diag)), ("a", adam, diag)):
+                sq = (flat**2 * weight).sum(-1)  # [R, P]
+                sec = sq.mean(1)
+                cell = (flat.mean(1) ** 2 * weight).sum(-1)
+                noise = ((flat - flat.mean(1, keepdim=True)) ** 2 * weight).sum(-1).sum(1) / (p - 1)
+                torch.testing.assert_close(got.second[:, i, b], sec, rtol=1e-9, atol=1e-12)
+                torch.testing.assert_close(got.noise[:, i, b], noise, rtol=1e-8, atol=1e-10)
+                torch.testing.assert_close(got.mean_sq[:, i, b], cell - noise / p, rtol=1e-8, atol=1e-10)
+        mass = 1.0 / k
+        for got, weight in ((euclid, torch.ones_like(diag)), (adam, diag)):
+            full = ((mass * means.sum(1)) ** 2 * weight).sum(-1)
+            torch.testing.assert_close(got.full_sq[:, i], full - mass**2 * got.noise[:, i].sum(-1) / p, rtol=1e-8, atol=1e-10)
+    assert all(q.grad is None for q in ens.parameters())
+
+
+def test_fresh_probes_are_new_for_each_key_and_inside_their_bins():
+    from fmstudy.signals import fresh_probes
+
+    bench = get_benchmark("gmm8")
+    a, b, again = (fresh_probes(bench, 4, 16, 0.01, key) for key in (0, 1, 0))
+    fixed = bench.probes(4, 16, 0.01)
+    for name in ("t", "x0", "x1", "eps"):
+        assert torch.equal(getattr(a, name), getattr(again, name))
+        assert not torch.equal(getattr(a, name), getattr(b, name))
+        assert not torch.equal(getattr(a, name), getattr(fixed, name))
+    assert bool((a.t > a.edges[:-1, None]).all()) and bool((a.t < a.edges[1:, None]).all())
+    assert a.x1.shape == (4, 16, 2)
