@@ -332,3 +332,50 @@ def test_per_sample_grad_norms_match_torch_func():
         per = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(params, x[i], t[i], y[i])
         ref = sum(v.flatten(1).pow(2).sum(1) for v in per.values())
         torch.testing.assert_close(got[i], ref, rtol=1e-10, atol=1e-12)
+
+
+def test_per_sample_grad_sq_adam_matches_explicit_gradients():
+    """g^T P g from the trace against per-sample gradients from torch.func, with P Adam's
+    preconditioner after a few steps, itself checked against v recomputed by hand."""
+    from torch.func import functional_call, grad, vmap
+
+    from fmstudy.models import adam_preconditioner, per_sample_grad_sq, per_sample_grad_sq_adam
+
+    cfg = MLPConfig(dim=3, hidden=8, depth=2, n_freqs=2)
+    ens = VelocityEnsemble(cfg, seeds=[0, 1]).double()
+    opt = torch.optim.Adam(ens.parameters(), lr=1e-2, betas=(0.8, 0.9), eps=1e-6)
+    with pytest.raises(ValueError, match="exp_avg_sq"):
+        adam_preconditioner(opt, ens)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    t = torch.rand(2, 5, generator=g, dtype=torch.float64)
+    y = torch.randn(2, 5, 3, generator=g, dtype=torch.float64)
+    v = [torch.zeros_like(p) for p in ens.parameters()]
+    for _ in range(3):
+        opt.zero_grad()
+        ((ens(x, t) - y) ** 2).mean(-1).sum().backward()
+        v = [0.9 * a + 0.1 * p.grad**2 for a, p in zip(v, ens.parameters())]
+        opt.step()
+    pw, pb = adam_preconditioner(opt, ens)
+    expect = [1 / ((a / (1 - 0.9**3)).sqrt() + 1e-6) for a in v]
+    for got, ref in zip(pw + pb, expect):  # parameters() lists the weights, then the biases
+        torch.testing.assert_close(got, ref, rtol=1e-12, atol=0)
+
+    trace = []
+    loss = ((ens(x, t, trace=trace) - y) ** 2).mean(-1)
+    deltas = torch.autograd.grad(loss.sum(), [pre for _, pre in trace])
+    got = per_sample_grad_sq_adam(trace, (pw, pb), deltas)
+    ones = ([torch.ones_like(w) for w in pw], [torch.ones_like(b) for b in pb])
+    torch.testing.assert_close(per_sample_grad_sq_adam(trace, ones, deltas), per_sample_grad_sq(trace, deltas), rtol=1e-12, atol=0)
+    for i in range(2):
+        single = ens.member(i).double()
+        params = {k: p.detach() for k, p in single.named_parameters()}
+        diag = {f"layers.{j}.weight": pw[j][i].T for j in range(3)} | {f"layers.{j}.bias": pb[j][i] for j in range(3)}
+
+        def sample_loss(p, xi, ti, yi):
+            return ((functional_call(single, p, (xi[None], ti[None])) - yi[None]) ** 2).mean()
+
+        per = vmap(grad(sample_loss), in_dims=(None, 0, 0, 0))(params, x[i], t[i], y[i])
+        ref = sum((per[k].pow(2) * diag[k]).flatten(1).sum(1) for k in per)
+        torch.testing.assert_close(got[i], ref, rtol=1e-10, atol=1e-12)
+        assert not torch.allclose(got[i], per_sample_grad_sq(trace, deltas)[i])  # the metric matters
