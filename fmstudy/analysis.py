@@ -37,8 +37,17 @@ from scipy import special, stats
 from .checks import check_float, check_int
 
 __all__ = [
-    "Estimate", "bonferroni_level", "bootstrap_mean", "holm", "loss_spikes", "mean_estimate",
-    "median_censored", "paired_ratio", "rate_estimate", "speedup", "steps_to_reach",
+    "Estimate",
+    "bonferroni_level",
+    "bootstrap_mean",
+    "holm",
+    "loss_spikes",
+    "mean_estimate",
+    "median_censored",
+    "paired_ratio",
+    "rate_estimate",
+    "speedup",
+    "steps_to_reach",
 ]
 
 
@@ -110,7 +119,9 @@ def mean_estimate(x: np.ndarray, level: float = 0.95, method: str = "t", n_boot:
         return Estimate(mean, math.nan, math.nan, 1, level, method=method)
     sd = float(x.std(ddof=1))
     if sd == 0:  # no spread: the interval is the point and any nonzero mean is certain
-        return Estimate(mean, mean, mean, n, level, p=float(mean == 0), effect=math.copysign(math.inf, mean) if mean else math.nan, method=method)
+        return Estimate(
+            mean, mean, mean, n, level, p=float(mean == 0), effect=math.copysign(math.inf, mean) if mean else math.nan, method=method
+        )
     se = sd / math.sqrt(n)
     p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
     if method == "t":
@@ -233,8 +244,14 @@ def median_censored(values: np.ndarray, censored: np.ndarray, level: float = 0.9
     return Estimate(value, float(low[k - 1]), float(high[n - k]), n, exact, censored=ncens, method="median")
 
 
-def speedup(curves: np.ndarray, baseline: np.ndarray, steps: np.ndarray, baseline_steps: np.ndarray | None = None,
-            level: float = 0.95, interpolate: bool = True) -> Estimate:
+def speedup(
+    curves: np.ndarray,
+    baseline: np.ndarray,
+    steps: np.ndarray,
+    baseline_steps: np.ndarray | None = None,
+    level: float = 0.95,
+    interpolate: bool = True,
+) -> Estimate:
     """How many times less of the x axis (steps, seconds or FLOPs) a schedule needs to reach
     the baseline's final value, seed by seed:
 
@@ -248,7 +265,9 @@ def speedup(curves: np.ndarray, baseline: np.ndarray, steps: np.ndarray, baselin
     baseline has no finite final value (it diverged) has no target and is left out."""
     curves, baseline = np.atleast_2d(np.asarray(curves, dtype=float)), np.atleast_2d(np.asarray(baseline, dtype=float))
     if curves.shape[0] != baseline.shape[0]:
-        raise ValueError(f"curves have {curves.shape[0]} seeds and baseline {baseline.shape[0]}, which is not allowed: pairs need the same seeds")
+        raise ValueError(
+            f"curves have {curves.shape[0]} seeds and baseline {baseline.shape[0]}, which is not allowed: pairs need the same seeds"
+        )
     x_axis = np.broadcast_to(np.asarray(steps, dtype=float), curves.shape)
     b_axis = np.broadcast_to(np.asarray(steps if baseline_steps is None else baseline_steps, dtype=float), baseline.shape)
     ratios, cens = [], []

@@ -1,0 +1,233 @@
+"""The book's result tables over collected grids (``fmstudy.store.collect``): comparisons
+against a baseline per step and per training FLOP, stability over a learning-rate sweep, and
+the learning-rate rule. Re-exported by :mod:`fmstudy.report`; statistics from
+:mod:`fmstudy.analysis`, FLOPs from :mod:`fmstudy.flops`.
+
+A collected Dataset has the grid's axes (sampler, sigma, lr, ...), ``member`` (seeds),
+``checkpoint`` (its coordinate the step) and ``step``; ``cell_id`` is "" where a combination
+was not run.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Mapping
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+import yaml
+
+from .analysis import Estimate, bonferroni_level, holm, loss_spikes, mean_estimate, paired_ratio, rate_estimate, speedup
+from .flops import training_flops
+from .models import MLPConfig
+
+__all__ = [
+    "LR_RULE",
+    "as_text",
+    "at_chosen_lr",
+    "comparison_table",
+    "largest_stable_lr",
+    "run_flops",
+    "sampler_norms",
+    "select_lr",
+    "spike_source",
+    "stability_table",
+]
+
+LR_RULE = (
+    "per sampler (and every other axis but the learning rate), the learning rate with the lowest mean "
+    "final {metric} over seeds, among those at which no seed diverged; ties go to the smaller rate"
+)
+_SEEDS = ("member", "checkpoint", "step", "t_bin", "sample", "coord")
+
+
+def _cells(ds: xr.Dataset):
+    """(labels, cell) for every cell of ``ds`` that was run, over the axes of ``cell_id``."""
+    ids = ds["cell_id"]
+    for idx in np.ndindex(ids.shape):
+        at = dict(zip(ids.dims, idx))
+        if str(ids.values[idx]):
+            yield {d: getattr(ds[d].values[i], "item", lambda v=ds[d].values[i]: v)() for d, i in at.items()}, ds.isel(at)
+
+
+def sampler_norms(label: str) -> tuple[str, str]:
+    """(norm per training sample, norm per extra backward sample) of ``flops.training_flops``
+    for the sampler labelled ``label`` (``name(k=v, ...)``), from the feedback it requires."""
+    from .samplers import SAMPLERS, make_sampler
+
+    name, _, rest = str(label).partition("(")
+    spec = {"name": name}
+    for key, value in re.findall(r"(\w+)=([^=]*?)(?=, \w+=|\)$)", rest):
+        spec[key] = yaml.safe_load(value)
+    try:
+        requires = make_sampler(spec, [0]).requires
+    except (ValueError, TypeError):  # one that needs more than a spec to build: its class's needs
+        if name not in SAMPLERS:
+            raise ValueError(f"sampler label {label!r} is not allowed: no sampler is called {name!r}") from None
+        requires = SAMPLERS[name].requires
+    train = "adam" if "grad_sq_adam" in requires else "euclid" if "grad_norm" in requires else "none"
+    extra = "adam" if any(r.startswith("bin_") and r.endswith("_adam") for r in requires) else "euclid"
+    return train, extra
+
+
+def run_flops(cell: xr.Dataset, model: MLPConfig, batch_size: int, label: str) -> np.ndarray:
+    """Training FLOPs per member at each checkpoint of one cell (flops.py, F.5)."""
+    train, extra = sampler_norms(label)
+    return training_flops(
+        model,
+        cell.checkpoint.values,
+        batch_size,
+        np.nan_to_num(cell["extra_forward"].values),
+        np.nan_to_num(cell["extra_backward"].values),
+        train,
+        extra,
+    )
+
+
+def comparison_table(
+    ds: xr.Dataset,
+    metric: str,
+    baseline: str = "uniform",
+    model: MLPConfig | None = None,
+    batch_size: int | None = None,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """One row per sampler of ``ds`` (every axis but ``sampler`` selected) against ``baseline``
+    on the same seeds: ``ratio``, the geometric-mean ratio of the final ``metric`` with its
+    t-interval (analysis A.2) and p-value (A.3); ``p_holm``, Holm-adjusted over the table's rows
+    (A.6); ``ratio_simultaneous``, the interval at the Bonferroni level, simultaneous over the
+    rows; ``effect`` (d_z, A.4); ``n`` seeds; ``speedup_steps``, the median speed-up to the
+    baseline's final value with non-reaching seeds censored (A.7); with ``model`` and
+    ``batch_size``, ``speedup_flops`` on training FLOPs (flops.py, F.5); ``lr`` where ``ds``
+    has it (e.g. from :func:`at_chosen_lr`) and ``unbiased``."""
+    base = ds.sel(sampler=baseline)
+    steps = ds.checkpoint.values.astype(float)
+    names = [s for s in ds.sampler.values if s != baseline and str(ds.sel(sampler=s).cell_id.values)]
+    m = max(len(names), 1)
+    rows = []
+    for name in names:
+        cur = ds.sel(sampler=name)
+        x, b = cur[metric].isel(checkpoint=-1).values, base[metric].isel(checkpoint=-1).values
+        ratio = paired_ratio(x, b, level)
+        row = {
+            "sampler": str(name),
+            "ratio": ratio,
+            "p": ratio.p,
+            "effect": ratio.effect,
+            "n": ratio.n,
+            "ratio_simultaneous": paired_ratio(x, b, bonferroni_level(level, m)),
+            "speedup_steps": speedup(cur[metric].values, base[metric].values, steps, level=level),
+        }
+        if model is not None and batch_size is not None:
+            fx, fb = (run_flops(c, model, batch_size, s) for c, s in ((cur, name), (base, baseline)))
+            row["speedup_flops"] = speedup(cur[metric].values, base[metric].values, fx, fb, level=level)
+        if "lr" in cur:
+            row["lr"] = float(cur["lr"].values)
+        if "unbiased" in cur:
+            row["unbiased"] = bool(cur["unbiased"].values == 1)
+        rows.append(row)
+    table = pd.DataFrame(rows).set_index("sampler") if rows else pd.DataFrame()
+    if rows:
+        table.insert(2, "p_holm", holm(table["p"].to_numpy(dtype=float)))
+    return table
+
+
+def at_chosen_lr(ds: xr.Dataset, chosen: Mapping[str, float]) -> xr.Dataset:
+    """``ds`` with the ``lr`` axis replaced by each sampler's chosen rate (``lr`` becomes a
+    coordinate over ``sampler``): the cells a tuned comparison reads."""
+    cells = [ds.sel(sampler=s, lr=lr) for s, lr in chosen.items()]
+    return xr.concat(cells, dim="sampler", data_vars="all", coords="different", compat="equals", join="outer")
+
+
+def spike_source(ds: xr.Dataset) -> tuple[str, bool]:
+    """(variable, weighted): loss spikes are counted on ``train_loss_unweighted`` (the batch
+    mean of the per-sample loss); results without it fall back to the importance-weighted
+    ``train_loss``, and ``weighted`` says so (its spikes may be large weights, not instability)."""
+    return ("train_loss_unweighted", False) if "train_loss_unweighted" in ds else ("train_loss", True)
+
+
+def stability_table(ds: xr.Dataset, level: float = 0.95, **spikes) -> pd.DataFrame:
+    """One row per cell (e.g. sampler x sigma x lr): ``diverged``, the share of seeds that
+    diverged with its Wilson interval (analysis A.8); ``spikes``, the mean loss-spike count per
+    seed (``analysis.loss_spikes`` with ``spikes`` as options) and ``spikes_on``, the loss it
+    was counted on (:func:`spike_source`)."""
+    var, _ = spike_source(ds)
+    rows = []
+    for labels, cell in _cells(ds):
+        ran = np.isfinite(cell["diverged_step"].values)  # members of this cell (others are NaN)
+        k = int((cell["diverged_step"].values[ran] >= 0).sum())
+        counts = loss_spikes(cell[var].values[ran], **spikes)
+        rows.append(
+            {
+                **labels,
+                "diverged": rate_estimate(k, int(ran.sum()), level),
+                "n": int(ran.sum()),
+                "spikes": float(counts.mean()) if counts.size else np.nan,
+                "spikes_on": var,
+            }
+        )
+    return pd.DataFrame(rows).set_index(list(ds["cell_id"].dims))
+
+
+def largest_stable_lr(table: pd.DataFrame, lr: str = "lr") -> pd.Series:
+    """Per group of :func:`stability_table`'s other index levels: the largest learning rate at
+    which, and at every smaller one, no seed diverged (NaN when the smallest already diverges)."""
+    others = [n for n in table.index.names if n != lr]
+
+    def one(group: pd.DataFrame) -> float:
+        g = group.reset_index().sort_values(lr)
+        stable = (g["diverged"].map(lambda e: e.value) == 0).to_numpy()
+        run = np.cumprod(stable).astype(bool)
+        return float(g[lr].to_numpy()[run][-1]) if run.any() else np.nan
+
+    if not others:
+        return pd.Series({"all": one(table)}, name=f"largest stable {lr}")
+    return table.groupby(level=others).apply(one).rename(f"largest stable {lr}")
+
+
+def select_lr(ds: xr.Dataset, metric: str = "heldout_objective_ema", lr: str = "lr") -> tuple[pd.Series, pd.DataFrame]:
+    """The learning rate chosen by ``LR_RULE`` per group of the other axes, and the table of
+    candidates (mean final ``metric`` with its t-interval, seeds, diverged seeds, eligibility,
+    and which was chosen)."""
+    rows = []
+    for labels, cell in _cells(ds):
+        ran = np.isfinite(cell["diverged_step"].values)
+        diverged = int((cell["diverged_step"].values[ran] >= 0).sum())
+        est = mean_estimate(cell[metric].isel(checkpoint=-1).values[ran])
+        rows.append(
+            {
+                **labels,
+                "mean": est.value,
+                "estimate": est,
+                "n": int(ran.sum()),
+                "diverged": diverged,
+                "eligible": diverged == 0 and est.n == int(ran.sum()) > 0,
+            }
+        )
+    cand = pd.DataFrame(rows)
+    others = [d for d in ds["cell_id"].dims if d != lr]
+    cand["chosen"] = False
+    for _, group in cand.groupby(others, sort=False) if others else [(None, cand)]:
+        ok = group[group["eligible"]]
+        if len(ok):
+            best = ok[ok["mean"] == ok["mean"].min()].sort_values(lr).index[0]  # ties: the smaller rate
+            cand.loc[best, "chosen"] = True
+    chosen = cand[cand["chosen"]].set_index(others)[lr] if others else cand[cand["chosen"]][lr]
+    return chosen, cand.set_index(list(ds["cell_id"].dims))
+
+
+def as_text(table: pd.DataFrame, fmt: str = ".3g") -> pd.DataFrame:
+    """``table`` for a page: each :class:`~fmstudy.analysis.Estimate` as ``value [lo, hi]``
+    (``n/a`` for a value that is not identified; no brackets where there is no interval),
+    p-values (columns starting with ``p``) to 2 significant digits, other floats to ``fmt``."""
+
+    def one(column: str, v: object) -> object:
+        if isinstance(v, Estimate):
+            value = f"{v.value:{fmt}}" if np.isfinite(v.value) else "n/a"
+            return f"{value} [{v.lo:{fmt}}, {v.hi:{fmt}}]" if np.isfinite(v.lo) and np.isfinite(v.hi) else value
+        if isinstance(v, float) and not isinstance(v, bool):
+            return "n/a" if not np.isfinite(v) else f"{v:.2g}" if column.startswith("p") else f"{v:{fmt}}"
+        return v
+
+    return pd.DataFrame({c: [one(c, v) for v in table[c]] for c in table.columns}, index=table.index)
