@@ -26,13 +26,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import xarray as xr
 
-__all__ = ["SCHEMA", "atomic_write", "build_dataset", "write_netcdf", "read_netcdf"]
+__all__ = ["SCHEMA", "atomic_write", "build_dataset", "split_pack", "write_netcdf", "read_netcdf"]
 
 M, S, C, K = "member", "step", "checkpoint", "t_bin"
 
 # name: (dims, units, description)
 SCHEMA: dict[str, tuple[tuple[str, ...], str, str]] = {
     "train_loss": ((M, S), "1", "importance-weighted batch loss of each step (the fixed objective's estimate)"),
+    "train_loss_unweighted": ((M, S), "1", "plain mean of the per-sample losses of each step (no importance weights)"),
     "diverged_step": ((M,), "step", "step at which the member diverged and was frozen; -1 if it never did"),
     "loss": ((M, C, K), "1", "per-bin loss on the fixed probes"),
     "excess": ((M, C, K), "1", "per-bin excess loss ||v - v*||^2/d on the probes (oracle benchmarks)"),
@@ -54,6 +55,10 @@ SCHEMA: dict[str, tuple[tuple[str, ...], str, str]] = {
     "samples_seen": ((C,), "1", "training samples per member up to the checkpoint"),
     "extra_forward": ((C,), "1", "extra per-member forward samples spent by the sampler (probe feedback)"),
     "extra_backward": ((C,), "1", "extra per-member backward samples spent by the sampler"),
+    # A pack (members with different samplers) counts the sampler's work per member; each
+    # cell of a pack gets its members' count as extra_* (split_pack).
+    "member_extra_forward": ((M, C), "1", "packed runs: extra forward samples spent by each member's sampler"),
+    "member_extra_backward": ((M, C), "1", "packed runs: extra backward samples spent by each member's sampler"),
     # End-of-run sample quality (fmstudy.evaluate): ODE samples of each member against the first
     # n held-out points; floor_* is the same metric between those points and independent real
     # sets of the same size (mean and std over repeats), the value a perfect model would get.
@@ -108,6 +113,28 @@ def build_dataset(
     return xr.Dataset(data_vars, coords=coords, attrs=_netcdf_attrs(attrs))
 
 
+def split_pack(ds: xr.Dataset) -> list[xr.Dataset]:
+    """The cells of a packed run (a heterogeneous ensemble, ``attrs["groups"]``), each the
+    Dataset that cell would have written alone: its members, its config, seeds and sampler
+    attributes, and its members' probe work as ``extra_*``. Run-level numbers (timing,
+    device, host) are the pack's; a plain run's Dataset comes back as the only cell."""
+    if "groups" not in ds.attrs:
+        return [ds]
+    common = {k: v for k, v in ds.attrs.items() if k not in ("groups", "config", "seeds")}
+    cells = []
+    for group in json.loads(ds.attrs["groups"]):
+        part = ds.isel(member=group["members"])
+        extra = {}
+        for kind in ("forward", "backward"):
+            dims, units, desc = SCHEMA[f"extra_{kind}"]
+            extra[f"extra_{kind}"] = xr.Variable(dims, part[f"member_extra_{kind}"].values[0], {"units": units, "description": desc})
+        part = part.drop_vars(["member_extra_forward", "member_extra_backward"]).assign(extra)
+        attrs = {"config": group["config"], "seeds": group["seeds"], "sampler": group["sampler"], "unbiased": group["unbiased"], **common}
+        part.attrs = _netcdf_attrs(attrs)
+        cells.append(part)
+    return cells
+
+
 def _netcdf_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """netCDF attributes hold strings and numbers only: nested values become JSON strings."""
     out = {}
@@ -129,6 +156,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    os.chmod(tmp, 0o666 & ~mask)  # the umask's permissions, as open() gives, not mkstemp's 0600
     try:
         write(tmp)
         os.replace(tmp, path)

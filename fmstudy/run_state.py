@@ -1,0 +1,181 @@
+"""The state of a training run: everything a checkpoint holds, and the run's Dataset.
+
+A run's state is its models (raw and EMA, seated in flat buffers), the optimiser's moments,
+each member group's sampler state, the members' alive flags and divergence steps, the per-step
+losses, the checkpoint meter's records and a few counters. ``state()``/``load()`` round-trip
+it so that a resumed run continues with the same numbers, to the bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import platform
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import xarray as xr
+
+from . import __version__
+from .adam import EnsembleAdam, FlatParams
+from .data import get_benchmark
+from .member_samplers import MemberSamplers
+from .meter import CheckpointMeter
+from .models import MLPConfig, VelocityEnsemble
+from .paths import BrownianBridge
+from .results import build_dataset
+from .samplers import SAMPLERS, make_sampler
+
+__all__ = ["RunState", "checkpoint_steps"]
+
+_FORMAT = 2  # checkpoint layout: flat optimiser moments, per-group sampler states
+
+
+def checkpoint_steps(steps: int, n: int) -> list[int]:
+    """``n`` roughly log-spaced steps from 0 to ``steps`` (both included): dense early, where
+    the signal changes fastest."""
+    raw = np.unique(np.round(np.geomspace(1, steps + 1, n)).astype(int) - 1)
+    return sorted(set(raw.tolist()) | {0, steps})
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class RunState:
+    """One run, built from its ``config`` (a ``TrainConfig``) and its ``cells``: ``(member
+    indices, the plain config of those members alone)`` per group (``train.cell_configs``)."""
+
+    def __init__(self, config: Any, cells: Sequence[tuple[list[int], Any]]) -> None:
+        self.config = cfg = config
+        self.cells = list(cells)
+        self.groups = [idx for idx, _ in self.cells]
+        self.device = _device(cfg.device)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+            torch.backends.cudnn.allow_tf32 = cfg.tf32
+        self.bench = get_benchmark(cfg.benchmark, **cfg.benchmark_options)
+        self.path = BrownianBridge(cfg.sigma, cfg.t_eps)
+        self.oracle = self.bench.oracle(self.path) if self.bench.mixture is not None else None
+        self.probes = self.bench.probes(cfg.n_bins, cfg.probe_per_bin, cfg.t_eps)
+        m = len(cfg.seeds)
+        self.samplers = MemberSamplers([self._sampler(cell) for _, cell in self.cells], self.groups, m, self.device)
+        mlp = MLPConfig(dim=self.bench.dim, hidden=cfg.hidden or self.bench.model_hidden, depth=cfg.depth or self.bench.model_depth)
+        self.model = VelocityEnsemble(mlp, cfg.seeds).to(self.device)
+        self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.flat = FlatParams(self.model)
+        self.ema_flat = self.flat.seat(self.ema_model)
+        lr = [0.0] * m
+        for idx, cell in self.cells:
+            for i in idx:
+                lr[i] = cell.lr
+        self.opt = EnsembleAdam(self.flat, lr)
+        self.step = 0
+        self.alive = torch.ones(m, dtype=torch.bool, device=self.device)
+        self.diverged_step = torch.full((m,), -1, dtype=torch.int64, device=self.device)
+        # Per step: the importance-weighted loss (the fixed objective's estimate) and the
+        # plain mean of the per-sample losses (what loss-spike counts read).
+        self.train_loss = torch.full((m, cfg.steps), math.nan, dtype=torch.float32, device=self.device)
+        self.train_loss_unweighted = torch.full_like(self.train_loss, math.nan)
+        self.train_seconds = 0.0
+        self.extra = {"forward": [0] * m, "backward": [0] * m}  # per member: its sampler's probe work
+        self.checkpoints = checkpoint_steps(cfg.steps, cfg.n_checkpoints)
+        self.meter = CheckpointMeter(self.bench, self.path, self.probes, self.oracle, self.device)
+
+    def _sampler(self, cell: Any):
+        spec = dict(cell.sampler)
+        if "n_bins" in getattr(SAMPLERS.get(spec.get("name")), "options", ()):
+            spec.setdefault("n_bins", cell.n_bins)  # adaptive bins are the probe bins
+        sampler = make_sampler(spec, cell.seeds, cell.t_eps, self.device)
+        if getattr(sampler, "n_bins", cell.n_bins) != cell.n_bins:
+            raise ValueError(
+                f"sampler n_bins={sampler.n_bins} is not allowed: adaptive samplers use the run's n_bins={cell.n_bins}"
+            )
+        return sampler
+
+    def measure(self) -> None:
+        """Take the checkpoint measurements at the current step."""
+        m = len(self.config.seeds)
+        self.meter.measure(
+            self.model, self.ema_model, self.samplers.bin_mass,
+            {
+                "train_seconds": self.train_seconds,
+                "samples_seen": self.step * self.config.batch_size,
+                "member_extra_forward": torch.tensor(self.extra["forward"], dtype=torch.int64).reshape(m),
+                "member_extra_backward": torch.tensor(self.extra["backward"], dtype=torch.int64).reshape(m),
+            },
+        )
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": _FORMAT,
+            "config": self.config.as_dict(),
+            "fmstudy_version": __version__,
+            "step": self.step,
+            "model": self.flat.data.clone(),
+            "ema_model": self.ema_flat.clone(),
+            "opt": self.opt.state_dict(),
+            "sampler": self.samplers.state_dict(),
+            "alive": self.alive,
+            "diverged_step": self.diverged_step,
+            "train_loss": self.train_loss,
+            "train_loss_unweighted": self.train_loss_unweighted,
+            "records": self.meter.records,
+            "train_seconds": self.train_seconds,
+            "extra": self.extra,
+        }
+
+    def load(self, state: Mapping[str, Any]) -> None:
+        if state.get("format") != _FORMAT:
+            raise ValueError(f"checkpoint format {state.get('format')} is not allowed: this fmstudy reads format {_FORMAT} (start the run afresh)")
+        if state["config"] != self.config.as_dict():
+            raise ValueError("checkpoint was written by a run with other options: refusing to resume from it")
+        self.step = state["step"]
+        self.flat.data.copy_(state["model"])
+        self.ema_flat.copy_(state["ema_model"])
+        self.opt.load_state_dict(state["opt"])
+        self.samplers.load_state_dict(state["sampler"])
+        self.alive = state["alive"].to(self.device)
+        self.diverged_step = state["diverged_step"].to(self.device)
+        self.train_loss = state["train_loss"].to(self.device)
+        self.train_loss_unweighted = state["train_loss_unweighted"].to(self.device)
+        self.meter.records = state["records"]
+        self.train_seconds = state["train_seconds"]
+        self.extra = {k: list(v) for k, v in state["extra"].items()}
+
+    # -- the result ------------------------------------------------------------------------
+    def dataset(self, wall_seconds: float, setup_seconds: float) -> xr.Dataset:
+        """The run's Dataset. A plain run's is a cell's; a pack's carries per-member probe
+        work (``member_extra_*``) and its groups in ``attrs["groups"]`` for
+        :func:`fmstudy.results.split_pack`."""
+        cfg = self.config
+        arrays = self.meter.arrays()
+        arrays["train_loss"] = self.train_loss.cpu().numpy()
+        arrays["train_loss_unweighted"] = self.train_loss_unweighted.cpu().numpy()
+        arrays["diverged_step"] = self.diverged_step.cpu().numpy()
+        attrs: dict[str, Any] = {"config": cfg.as_dict(), "seeds": list(cfg.seeds)}
+        samplers = self.samplers.samplers
+        if cfg.members is None:
+            for kind in ("forward", "backward"):
+                arrays[f"extra_{kind}"] = arrays.pop(f"member_extra_{kind}")[0]  # one group: one count
+            attrs.update(sampler=samplers[0].describe(), unbiased=int(samplers[0].unbiased))
+        else:
+            attrs["groups"] = [
+                {"members": idx, "config": cell.as_dict(), "seeds": list(cell.seeds), "sampler": s.describe(), "unbiased": int(s.unbiased)}
+                for (idx, cell), s in zip(self.cells, samplers)
+            ]
+        attrs.update({
+            "benchmark_options": self.bench.options,
+            "fmstudy_version": __version__,
+            "torch_version": torch.__version__,
+            "device": self.device.type if self.device.type == "cpu" else torch.cuda.get_device_name(self.device),
+            "tf32": int(cfg.tf32 and self.device.type == "cuda"),
+            "host": platform.node(),
+            "wall_seconds": wall_seconds,  # the whole call: set-up, training, checkpoints
+            "setup_seconds": setup_seconds,  # benchmark, probes, models and optimiser built (or loaded)
+        })
+        return build_dataset(arrays, list(cfg.seeds), cfg.steps, self.checkpoints, self.probes.edges.double().numpy(), attrs)

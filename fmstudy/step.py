@@ -1,0 +1,138 @@
+"""One training step of an ensemble run (STUDY.md section 4), every member at once.
+
+    u                    all of the step's uniforms and normals, one fused hash pass
+    x1, x0, eps, (t, w)  data, source and bridge noise per member stream; times from each
+                         member group's sampler (one batched inverse CDF)
+    l_b = ||v(x_t, t_b) - u_t||^2 / d,   L = mean_b w_b l_b,   L_plain = mean_b l_b
+    freeze members whose L is not finite or exceeds max_loss (decided on the device)
+    theta <- Adam(theta, grad sum_i L_i) with per-member lr; per-member clipping; EMA
+
+The step reads nothing back from the device, so a GPU keeps queueing kernels; its operator
+count does not grow with the number of members or of member groups with fixed samplers
+(tests/test_ops.py). The last step's per-sample losses and times stay in ``last`` for code
+that wants them (variance accounts, samplers fed from outside).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .models import per_sample_grad_sq
+from .rng import Request, Served, StepDraws
+from .run_state import RunState
+from .samplers import Feedback
+from .signals import measure_bins
+
+__all__ = ["TrainStep", "StepOutput"]
+
+_TIME, _DATA, _SOURCE, _NOISE = 1, 2, 3, 4  # CounterRNG streams; 1 is the samplers' time stream
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    """What a step saw, ``[M, B]``: times, importance weights, unweighted per-sample losses."""
+
+    t: Tensor
+    weight: Tensor
+    per_sample: Tensor
+
+
+class TrainStep:
+    """Callable that advances ``run`` by one step."""
+
+    def __init__(self, run: RunState) -> None:
+        self.run = run
+        cfg, draw = run.config, run.bench._draw
+        b, d = cfg.batch_size, run.bench.dim
+        for s in run.samplers.samplers:
+            if s.rng.stream != _TIME:
+                raise ValueError(f"sampler {s.name!r} draws from stream {s.rng.stream}: the engine fuses stream {_TIME}")
+        self.draws = StepDraws(
+            cfg.seeds,
+            [Request(_TIME, b, False), Request(_DATA, b * draw.n_uniform, False), Request(_DATA, b * draw.n_normal, True),
+             Request(_SOURCE, b * d, True), Request(_NOISE, b * d, True)],
+        )
+        self.wants_grad_norm = "grad_norm" in run.samplers.requires
+        self.last: StepOutput | None = None
+
+    def _factors(self, step: int) -> tuple[float, float]:
+        """Warm-up and cosine decay of the learning rate at ``step``."""
+        cfg = self.run.config
+        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        decay = 0.5 * (1 + math.cos(math.pi * step / cfg.steps)) if cfg.decay == "cosine" else 1.0
+        return warm, decay
+
+    def __call__(self) -> None:
+        run = self.run
+        cfg, s, dev = run.config, run.step, run.device
+        m, b, d = len(cfg.seeds), cfg.batch_size, run.bench.dim
+        if any(x.counter != s for x in run.samplers.samplers):
+            raise ValueError(f"sampler counters {[x.counter for x in run.samplers.samplers]} are not allowed: they must equal the step {s}")
+        u_time, u_data, z_data, z_source, z_noise = self.draws.draw(s, dev)
+        x1 = run.bench.sample_members(Served(m, s, uniform=u_data, normal=z_data), s, b, dev)
+        x0 = z_source.to(torch.float32).reshape(m, b, d)
+        eps = z_noise.to(torch.float32).reshape(m, b, d)
+        draw = run.samplers.sample_from(u_time.contiguous())
+        ps = run.path.sample(x0, x1, draw.t, eps, check=False)
+        trace: list | None = [] if self.wants_grad_norm else None
+        per_sample = ((run.model(ps.xt, draw.t, trace=trace) - ps.ut) ** 2).mean(-1)  # [M, B]
+        member_loss = (draw.weight * per_sample).mean(1)
+        run.train_loss[:, s] = member_loss.detach()
+        run.train_loss_unweighted[:, s] = per_sample.detach().mean(1)
+
+        # Freezing is decided on the device, with no host synchronisation: a frozen member's
+        # gradient is zeroed (it may be NaN) and its Adam step is zero.
+        bad = run.alive & ~(torch.isfinite(member_loss) & (member_loss <= cfg.max_loss))
+        run.diverged_step = torch.where(bad, s, run.diverged_step)
+        run.alive &= ~bad
+
+        flat = run.flat
+        flat.seat_grads()
+        flat.grad.zero_()
+        member_loss.sum().backward()
+        flat.grad.masked_fill_(~flat.per_element(run.alive), 0.0)
+        if cfg.grad_clip > 0:
+            norm = torch.sqrt(sum(p.grad.pow(2).flatten(1).sum(1) for p in flat.params))  # [M]
+            scale = (cfg.grad_clip / (norm + 1e-12)).clamp(max=1.0)
+            flat.grad.mul_(flat.per_element(scale))
+        run.opt.step(self._factors(s), run.alive)
+        with torch.no_grad():
+            run.ema_flat.lerp_(flat.data, 1 - cfg.ema_decay)
+
+        per_sample = per_sample.detach()
+        self.last = StepOutput(draw.t, draw.weight, per_sample)
+        if run.samplers.adaptive:
+            grad_norm = None
+            if self.wants_grad_norm:  # d L / d l_b = w_b / B: undo it to get grad of l_b itself
+                grad_norm = per_sample_grad_sq(trace).sqrt() * b / draw.weight
+            run.samplers.update(Feedback(t=draw.t, loss=per_sample, grad_norm=grad_norm), per_sample=True)
+            if (s + 1) % cfg.feedback_every == 0:
+                self.bin_feedback()
+        run.step += 1
+
+    def bin_feedback(self) -> None:
+        """Per-bin measurements on the probes for the groups whose samplers ask for them;
+        counted as each such member's extra work."""
+        run = self.run
+        needs = [s.requires & {"bin_loss", "bin_excess", "bin_grad_mean_sq", "bin_grad_sq"} for s in run.samplers.samplers]
+        if not any(needs):
+            return
+        grads = any(r & {"bin_grad_mean_sq", "bin_grad_sq"} for r in needs)
+        excess = any("bin_excess" in r for r in needs)
+        if excess and run.oracle is None:
+            name = next(s.name for s, r in zip(run.samplers.samplers, needs) if "bin_excess" in r)
+            raise ValueError(f"sampler {name!r} needs an oracle: benchmark {run.bench.name!r} has none")
+        sig = measure_bins(run.model, run.path, run.probes, run.oracle if excess else None, gradients=grads)
+        n = run.probes.n_bins * run.probes.per_bin
+        for idx, r in zip(run.groups, needs):
+            for i in idx:
+                run.extra["forward"][i] += n if r else 0
+                run.extra["backward"][i] += n if r & {"bin_grad_mean_sq", "bin_grad_sq"} else 0
+        run.samplers.update(
+            Feedback(bin_loss=sig.loss, bin_excess=sig.excess, bin_grad_mean_sq=sig.grad_signal, bin_grad_sq=sig.grad_sq),
+            per_sample=False,
+        )
