@@ -139,3 +139,112 @@ def test_bad_times_and_shapes_are_refused_in_one_line():
             path.sample(args["x0"], args["x1"], args["t"], args["eps"])
         msg = str(err.value)
         assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+# -- the Rao-Blackwellised target E[u_t | x1, x_t] ------------------------------------------
+def rb_by_hand(sigma, t):
+    """c_t, and the conditional variance of u_t given (x1, x_t) per dimension, from the joint
+    Gaussian law of (u_t - x1, x_t - t x1) = (-x0 + s'_t eps, (1 - t) x0 + s_t eps)."""
+    s = sigma * math.sqrt(t * (1 - t))
+    ds = sigma * (1 - 2 * t) / (2 * math.sqrt(t * (1 - t)))
+    var_n, cov, var_u = (1 - t) ** 2 + s**2, -(1 - t) + s * ds, 1 + ds**2
+    return cov / var_n, var_u - cov**2 / var_n
+
+
+@pytest.mark.parametrize("sigma", SIGMAS)
+@pytest.mark.parametrize("t", [0.1, 0.5, 0.85])
+def test_rb_target_is_the_conditional_mean_for_non_gaussian_data(sigma, t):
+    n = 200_000
+    g = torch.Generator().manual_seed(11)
+    x1 = torch.exp(torch.randn(n, 1, generator=g, dtype=torch.float64)) - 2  # skewed, not Gaussian
+    x0, eps = torch.randn(n, 1, generator=g, dtype=torch.float64), torch.randn(n, 1, generator=g, dtype=torch.float64)
+    path = BrownianBridge(sigma, 0.01)
+    s = path.sample(x0, x1, torch.full((n,), t, dtype=torch.float64), eps)
+    rb = path.rb_target(x1, s.xt, t)
+    c, cond_var = rb_by_hand(sigma, t)
+    torch.testing.assert_close(path.rb_coefficient(t), torch.tensor(c, dtype=torch.float64))
+    resid = (s.ut - rb)[:, 0]
+    if sigma == 0:  # given x1 and x_t, x0 is known: nothing is left to average
+        torch.testing.assert_close(rb, s.ut, rtol=1e-12, atol=1e-9)
+        return
+    # The residual is orthogonal to functions of (x1, x_t), has mean 0 and the conditional variance.
+    xt, a = s.xt[:, 0], x1[:, 0]
+    for f in (torch.ones_like(xt), xt, a, xt**2, a * xt, torch.sin(3 * xt)):
+        prod = resid * f
+        assert abs(float(prod.mean())) < 5 * float(prod.std()) / math.sqrt(n)
+    assert abs(float(resid.pow(2).mean()) / cond_var - 1) < 0.02
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_rb_loss_differs_by_a_constant_and_keeps_the_oracle_minimiser(sigma):
+    """Paired Monte Carlo on a Gaussian mixture: L_u - L_rb is the same for two models and the
+    oracle and equals E[Var(u_t | x1, x_t)] per dimension; L_rb(model) - L_rb(v*) is the excess."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from mixtures import mixture_2d
+
+    from fmstudy.models import MLPConfig, VelocityMLP
+    from fmstudy.oracle import BridgeOracle
+
+    path = BrownianBridge(sigma, 0.01)
+    oracle = BridgeOracle(mixture_2d(), path)
+    models = [VelocityMLP(MLPConfig(dim=2, hidden=16, depth=2, n_freqs=2), seed=s).double() for s in (0, 1)]
+    n = 100_000
+    g = torch.Generator().manual_seed(5)
+    for t in (0.2, 0.5, 0.8):
+        x1 = oracle.mixture.sample(n, g, dtype=torch.float64)
+        x0, eps = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)
+        tt = torch.full((n,), t, dtype=torch.float64)
+        s = path.sample(x0, x1, tt, eps)
+        rb = path.rb_target(x1, s.xt, tt)
+        star = oracle.velocity(s.xt, tt)
+        with torch.no_grad():
+            preds = [m(s.xt, tt) for m in models] + [star]
+        diffs = [((v - s.ut) ** 2).mean(-1) - ((v - rb) ** 2).mean(-1) for v in preds]
+        _, cond_var = rb_by_hand(sigma, t)
+        for d in diffs:
+            assert abs(float(d.mean()) - cond_var) < 5 * float(d.std()) / math.sqrt(n)
+        for d in diffs[1:]:  # paired: the model-dependent part has mean zero
+            assert abs(float((d - diffs[0]).mean())) < 5 * float((d - diffs[0]).std()) / math.sqrt(n)
+        for v in preds[:2]:
+            gap = ((v - rb) ** 2).mean(-1) - ((star - rb) ** 2).mean(-1) - ((v - star) ** 2).mean(-1)
+            assert abs(float(gap.mean())) < 5 * float(gap.std()) / math.sqrt(n)
+
+
+def test_rb_target_lowers_the_per_sample_gradient_variance():
+    """Same expected gradient (the target's conditional mean is the same), less variance."""
+    from torch.func import functional_call, grad, vmap
+
+    from fmstudy.models import MLPConfig, VelocityMLP
+
+    path = BrownianBridge(1.0, 0.02)
+    model = VelocityMLP(MLPConfig(dim=2, hidden=8, depth=2, n_freqs=2), seed=3).double()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    n = 8192
+    g = torch.Generator().manual_seed(2)
+    x1 = 2 * torch.randn(n, 2, generator=g, dtype=torch.float64).sign() + 0.3 * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    x0, eps = torch.randn(n, 2, generator=g, dtype=torch.float64), torch.randn(n, 2, generator=g, dtype=torch.float64)
+    t = torch.rand(n, generator=g, dtype=torch.float64) * 0.96 + 0.02
+    s = path.sample(x0, x1, t, eps)
+
+    def loss(p, x, tt, u):
+        return ((functional_call(model, p, (x[None], tt[None])) - u[None]) ** 2).mean()
+
+    def flat(target):
+        per = vmap(grad(loss), in_dims=(None, 0, 0, 0))(params, s.xt, t, target)
+        return torch.cat([v.flatten(1) for v in per.values()], 1)
+
+    g_u, g_rb = flat(s.ut), flat(path.rb_target(x1, s.xt, t))
+    dev_u = (g_u - g_u.mean(0)).pow(2).sum(1)
+    dev_rb = (g_rb - g_rb.mean(0)).pow(2).sum(1)
+    gap = dev_u - dev_rb  # paired, per sample
+    se = float(gap.std()) / math.sqrt(n)
+    assert float(gap.mean()) > 10 * se
+    # Rao-Blackwell is Pythagoras: tr Cov(g_u) = tr Cov(g_rb) + E||g_u - g_rb||^2.
+    assert abs(float(gap.mean() - (g_u - g_rb).pow(2).sum(1).mean())) < 5 * se
+    # The expected gradients agree (paired difference within its Monte-Carlo error, per coordinate).
+    diff = g_u - g_rb
+    z = diff.mean(0) / (diff.std(0) / math.sqrt(n))
+    assert float(z.abs().max()) < 5
