@@ -23,6 +23,7 @@ from .tables import (  # the chapters' tables, re-exported
     at_chosen_lr,
     comparison_table,
     largest_stable_lr,
+    model_of,
     run_flops,
     select_lr,
     spike_source,
@@ -31,7 +32,7 @@ from .tables import (  # the chapters' tables, re-exported
 
 __all__ = [
     "LR_RULE", "against_baseline", "as_text", "at_chosen_lr", "comparison_table", "convergence_metric", "final", "glue_number",
-    "largest_stable_lr", "load_grid_results", "profile", "results_dir", "run_flops", "run_link", "run_links_table",
+    "largest_stable_lr", "load_grid_results", "model_of", "profile", "results_dir", "run_flops", "run_link", "run_links_table",
     "samplers_of", "select_benchmark", "select_lr", "shown", "spike_source", "stability_table", "throughput_table",
     "tidy_curves",
 ]

@@ -10,6 +10,7 @@ was not run.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Mapping
 
@@ -28,6 +29,7 @@ __all__ = [
     "at_chosen_lr",
     "comparison_table",
     "largest_stable_lr",
+    "model_of",
     "run_flops",
     "sampler_norms",
     "select_lr",
@@ -53,7 +55,10 @@ def _cells(ds: xr.Dataset):
 
 def sampler_norms(label: str) -> tuple[str, str]:
     """(norm per training sample, norm per extra backward sample) of ``flops.training_flops``
-    for the sampler labelled ``label`` (``name(k=v, ...)``), from the feedback it requires."""
+    for the sampler labelled ``label`` (``name(k=v, ...)``), from the feedback it requires: a
+    per-sample ``grad_norm`` is Euclidean, ``grad_sq_adam`` Adam's, on every training sample;
+    the probes' extra backward samples carry the Euclidean norm, and Adam's too when a
+    ``bin_*_adam`` is required (the trainer computes what the sampler asks for, no more)."""
     from .samplers import SAMPLERS, make_sampler
 
     name, _, rest = str(label).partition("(")
@@ -69,6 +74,29 @@ def sampler_norms(label: str) -> tuple[str, str]:
     train = "adam" if "grad_sq_adam" in requires else "euclid" if "grad_norm" in requires else "none"
     extra = "adam" if any(r.startswith("bin_") and r.endswith("_adam") for r in requires) else "euclid"
     return train, extra
+
+
+def model_of(ds: xr.Dataset) -> tuple[MLPConfig, int]:
+    """The velocity MLP and batch size of the cells of ``ds`` (a collected grid with one
+    benchmark, width, depth and batch size: select them first where they are axes), from its
+    scalar coordinates and the parameters common to its cells (attribute ``fixed``); a width or
+    depth left at None is the benchmark's suggestion, as in training."""
+    from .data import get_benchmark
+
+    fixed = json.loads(ds.attrs.get("fixed") or "{}")
+
+    def get(key: str):
+        if key in ds.coords and ds[key].ndim == 0:
+            return ds[key].values.item()
+        if key in fixed:
+            return fixed[key]
+        raise ValueError(f"{key} is not one value in these results, which is not allowed: select one {key} first")
+
+    hidden, depth = get("hidden"), get("depth")
+    bench = get_benchmark(str(get("benchmark")), **(fixed.get("benchmark_options") or {}))
+    hidden = bench.model_hidden if hidden is None else int(hidden)
+    depth = bench.model_depth if depth is None else int(depth)
+    return MLPConfig(dim=bench.dim, hidden=hidden, depth=depth), int(get("batch_size"))
 
 
 def run_flops(cell: xr.Dataset, model: MLPConfig, batch_size: int, label: str) -> np.ndarray:

@@ -11,6 +11,7 @@ from scipy import stats
 from fmstudy import report
 from fmstudy.flops import backward_flops, forward_flops
 from fmstudy.models import MLPConfig
+from fmstudy.tables import sampler_norms
 
 T, B, SEEDS = 1000, 8, list(range(10))
 STEPS = np.linspace(0, T, 11)  # linear checkpoints: linear curves are interpolated exactly
@@ -182,3 +183,37 @@ def test_against_baseline_and_shown_keep_working_with_censored_speedups():
     page = report.shown(tab, "speed-up")
     assert page.loc["stratified", "speed-up (steps)"].startswith(f"{np.median(R_B):.3g} [0, ")
     assert report.shown(tab, "final").loc["stratified", "seeds"] == 10
+
+
+@pytest.mark.parametrize(
+    "label,norms",
+    [
+        ("uniform", ("none", "euclid")),
+        ("logit_normal(floor=0.05, m=0.0, reweight=True, s=1.0)", ("none", "euclid")),
+        ("grad_norm", ("euclid", "euclid")),
+        ("var_opt(metric=adam)", ("adam", "euclid")),
+        ("var_opt(metric=euclid, neyman=True)", ("euclid", "euclid")),
+        ("oracle_qstar(metric=adam)", ("none", "adam")),
+    ],
+)
+def test_sampler_norms_follow_what_the_sampler_requires(label, norms):
+    assert sampler_norms(label) == norms
+
+
+def test_sampler_norms_refuse_an_unknown_sampler():
+    with pytest.raises(ValueError, match="no sampler is called 'nope'"):
+        sampler_norms("nope(a=1)")
+
+
+def test_model_of_reads_the_common_parameters_and_the_benchmarks_suggestion():
+    from fmstudy.data import get_benchmark
+
+    ds = _grid({"uniform": _cell(np.ones(10))})
+    ds.attrs["fixed"] = '{"benchmark": "gmm8", "hidden": 64, "depth": 2, "batch_size": 256}'
+    assert report.model_of(ds) == (MLPConfig(dim=2, hidden=64, depth=2), 256)
+    ds.attrs["fixed"] = '{"benchmark": "gmm8", "hidden": null, "depth": null}'
+    bench = get_benchmark("gmm8")
+    with pytest.raises(ValueError, match="select one batch_size first"):
+        report.model_of(ds)
+    ds = ds.assign_coords(batch_size=128)
+    assert report.model_of(ds) == (MLPConfig(dim=2, hidden=bench.model_hidden, depth=bench.model_depth), 128)
