@@ -188,6 +188,10 @@ def test_speedup_counts_the_seeds_that_never_reach_the_target():
     fast, base, steps = _linear_runs(r)
     base[0, -1] = np.nan  # a baseline seed that diverged has no target
     assert speedup(fast, base, steps).n == 9
+    fast[1] = np.nan  # a seed this schedule's cell did not run (NaN in a collected grid)
+    assert (speedup(fast, base, steps).n, speedup(fast, base, steps).censored) == (8, 3)
+    fast[2, 3:] = np.nan  # a seed frozen early whose metric is lost later: it never reaches
+    assert (speedup(fast, base, steps).n, speedup(fast, base, steps).censored) == (8, 4)
 
 
 @pytest.mark.parametrize("mu,sd,censoring", [(0.5, 0.2, False), (0.2, 0.5, True)])
