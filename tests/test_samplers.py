@@ -67,7 +67,7 @@ FIXED += [
     ({"name": "mode", "scale": 1.29}, ModeLaw(1.29)),
     ({"name": "mode", "scale": -0.5}, ModeLaw(-0.5)),
 ]
-ADAPTIVE = ["loss_second_moment", "grad_norm", "learning_progress", "oracle_excess", "info_snr"]
+ADAPTIVE = ["loss_second_moment", "grad_norm", "learning_progress", "oracle_excess", "info_snr", "var_opt", "var_opt_neyman", "oracle_qstar"]
 
 
 def truncated_cdf(law, lo, hi):
@@ -188,6 +188,9 @@ def planted_feedback(sampler, step, scale=1.0):
         bin_excess=torch.where(hot_bins, 4.0, 0.1),
         bin_grad_mean_sq=torch.where(hot_bins, 2.0, 0.2),
         bin_grad_sq=torch.where(hot_bins, 3.0, 3.0),
+        grad_sq_adam=torch.where(hot, 25.0, 0.25) * scale**2,
+        bin_grad_sq_adam=torch.where(hot_bins, 25.0, 0.25),
+        bin_grad_mean_sq_adam=torch.where(hot_bins, 2.0, 0.02),
     )
 
 
@@ -297,7 +300,7 @@ def test_resume_from_a_saved_state_is_bit_exact(name):
         other.load_state_dict(state)
 
 
-@pytest.mark.parametrize("name", ["uniform", "logit_normal", "loss_second_moment", "learning_progress"])
+@pytest.mark.parametrize("name", ["uniform", "logit_normal", "loss_second_moment", "learning_progress", "var_opt", "oracle_qstar"])
 def test_members_do_not_depend_on_the_ensemble_size(name):
     seeds = [11, 12, 13, 14, 15]
     spec = {"name": name, "n_bins": K} if name in ADAPTIVE else {"name": name}
@@ -368,3 +371,85 @@ def test_bin_mass_matches_the_integral_of_the_density():
     expected = 0.8 * nominal + 0.2 * np.diff(edges.numpy()) / (B - A)
     np.testing.assert_allclose(mass[0].numpy(), expected, rtol=1e-4)
     assert torch.allclose(mass.sum(1), torch.ones(2, dtype=torch.float64))
+
+
+# -- the variance account's samplers (STUDY.md 4.5) -------------------------------------------
+def test_var_opt_converges_to_q_star_on_a_planted_second_moment():
+    """Per-sample squared norms x = S_k * Exp(1) (so E[x | bin k] = S_k), drawn at the sampler's
+    own times: the proposal tends to (1 - floor) sqrt(S) / sum sqrt(S) + floor / K, in both
+    metrics (Euclidean via grad_norm = sqrt(x))."""
+    m, floor = 3, 0.05
+    planted = torch.tensor([1.0, 4.0, 0.25, 9.0, 1.0, 2.0, 30.0, 0.5, 1.0, 16.0], dtype=torch.float64)
+    q_star = planted.sqrt() / planted.sqrt().sum()
+    expect = (1 - floor) * q_star + floor / K
+    for metric in ("adam", "euclid"):
+        sampler = make_sampler({"name": "var_opt", "n_bins": K, "floor": floor, "metric": metric}, list(range(m)), T_EPS)
+        gen = torch.Generator().manual_seed(4)
+        for _ in range(400):
+            draw = sampler.sample(256, dtype=torch.float64)
+            x = planted[sampler.bin_of(draw.t)] * torch.empty(m, 256, dtype=torch.float64).exponential_(generator=gen)
+            fb = Feedback(t=draw.t, grad_sq_adam=x) if metric == "adam" else Feedback(t=draw.t, grad_norm=x.sqrt())
+            sampler.update(fb)
+        mass = sampler.table()[1].diff(dim=1)
+        torch.testing.assert_close(mass, expect.expand(m, -1), rtol=0.06, atol=0)
+        # The estimate of S itself, bin by bin (effective counts ~ horizon * B * q_k).
+        torch.testing.assert_close(sampler.estimate(), planted.expand(m, -1), rtol=0.15, atol=0)
+
+
+def test_var_opt_shrinks_noisy_bins_to_the_pooled_mean():
+    """Equal true S in every bin and few noisy samples: the shrunk proposal stays much nearer
+    uniform than the raw per-bin means would put it; noise-free bins are not shrunk at all."""
+    m = 50
+    sampler = make_sampler({"name": "var_opt", "n_bins": K, "floor": 0.0, "min_samples": 2}, list(range(m)), T_EPS)
+    gen = torch.Generator().manual_seed(5)
+    draw = sampler.sample(200, dtype=torch.float64)
+    x = torch.empty(m, 200, dtype=torch.float64).exponential_(generator=gen)
+    sampler.update(Feedback(t=draw.t, grad_sq_adam=x))
+    n, _, s1, _ = sampler.sums
+    raw = (s1 / n).sqrt()
+    raw = raw / raw.sum(1, keepdim=True)
+    uniform = torch.full_like(raw, 1.0 / K)
+    assert float((sampler.probs - uniform).abs().mean()) < 0.3 * float((raw - uniform).abs().mean())
+    # Constant values within each bin: zero standard errors, so the estimate is the bin mean.
+    g = torch.linspace(1.0, 3.0, K, dtype=torch.float64).expand(2, -1)
+    mids = (torch.arange(K, dtype=torch.float64) + 0.5) / K * (B - A) + A
+    exact = make_sampler({"name": "var_opt", "n_bins": K, "floor": 0.0}, [0, 1], T_EPS)
+    exact.update(Feedback(t=mids.repeat(10)[None].expand(2, -1), grad_sq_adam=g.repeat(1, 10)))
+    torch.testing.assert_close(exact.probs, g.sqrt() / g.sqrt().sum(1, keepdim=True))
+
+
+def test_neyman_and_oracle_allocations_have_their_closed_forms():
+    g = torch.linspace(1.0, 2.0, K, dtype=torch.float64).expand(2, -1)
+    second, mean_sq = 4.0 * g, g
+    for metric, fb in (
+        ("adam", Feedback(bin_grad_sq_adam=second, bin_grad_mean_sq_adam=mean_sq)),
+        ("euclid", Feedback(bin_grad_sq=second, bin_grad_mean_sq=mean_sq)),
+    ):
+        s = make_sampler({"name": "oracle_qstar", "n_bins": K, "floor": 0.0, "metric": metric}, [0, 1], T_EPS)
+        s.update(fb)
+        torch.testing.assert_close(s.probs, second.sqrt() / second.sqrt().sum(1, keepdim=True))
+        s = make_sampler({"name": "oracle_qstar_neyman", "n_bins": K, "floor": 0.0, "metric": metric}, [0, 1], T_EPS)
+        assert s.stratified and s.neyman and s.unbiased
+        s.update(fb)
+        ref = (second - mean_sq).sqrt()
+        torch.testing.assert_close(s.probs, ref / ref.sum(1, keepdim=True))
+    # var_opt_neyman: S from the batch's norms, ||G_k||^2 from the latest per-bin feedback.
+    s = make_sampler({"name": "var_opt_neyman", "n_bins": K, "floor": 0.0}, [0, 1], T_EPS)
+    assert s.stratified and s.requires == {"t", "grad_sq_adam"}
+    mids = (torch.arange(K, dtype=torch.float64) + 0.5) / K * (B - A) + A
+    s.update(Feedback(t=mids.repeat(10)[None].expand(2, -1), grad_sq_adam=second.repeat(1, 10)))
+    torch.testing.assert_close(s.probs, second.sqrt() / second.sqrt().sum(1, keepdim=True))  # no ||G_k||^2 yet: = q*
+    s.update(Feedback(bin_grad_mean_sq_adam=mean_sq))
+    ref = (second - mean_sq).sqrt()
+    torch.testing.assert_close(s.probs, ref / ref.sum(1, keepdim=True))
+
+
+def test_variance_samplers_refuse_bad_options():
+    for spec, words in (
+        ({"name": "var_opt", "metric": "l1"}, ["metric='l1'", "adam", "euclid"]),
+        ({"name": "var_opt", "horizon": 0}, ["horizon=0"]),
+        ({"name": "oracle_qstar", "neyman": "yes"}, ["neyman='yes'"]),
+    ):
+        with pytest.raises(ValueError) as err:
+            make_sampler(spec, seeds=[0], t_eps=T_EPS)
+        assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
