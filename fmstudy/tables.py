@@ -133,6 +133,7 @@ def comparison_table(
     steps = ds.checkpoint.values.astype(float)
     names = [s for s in ds.sampler.values if s != baseline and str(ds.sel(sampler=s).cell_id.values)]
     m = max(len(names), 1)
+    fixed = json.loads(ds.attrs.get("fixed") or "{}")
     rows = []
     for name in names:
         cur = ds.sel(sampler=name)
@@ -152,6 +153,8 @@ def comparison_table(
             row["speedup_flops"] = speedup(cur[metric].values, base[metric].values, fx, fb, level=level)
         if "lr" in cur:
             row["lr"] = float(cur["lr"].values)
+        elif "lr" in fixed:  # one rate for every cell of the grid
+            row["lr"] = float(fixed["lr"])
         if "unbiased" in cur:
             row["unbiased"] = bool(cur["unbiased"].values == 1)
         rows.append(row)
@@ -163,7 +166,9 @@ def comparison_table(
 
 def at_chosen_lr(ds: xr.Dataset, chosen: Mapping[str, float]) -> xr.Dataset:
     """``ds`` with the ``lr`` axis replaced by each sampler's chosen rate (``lr`` becomes a
-    coordinate over ``sampler``): the cells a tuned comparison reads."""
+    coordinate over ``sampler``): the cells a tuned comparison reads. ``chosen`` maps sampler
+    to rate, e.g. :func:`select_lr`'s choice on a grid whose other axes were selected (or
+    ``chosen.xs(value, level=axis)`` of a wider one)."""
     cells = [ds.sel(sampler=s, lr=lr) for s, lr in chosen.items()]
     return xr.concat(cells, dim="sampler", data_vars="all", coords="different", compat="equals", join="outer")
 

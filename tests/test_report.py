@@ -92,7 +92,9 @@ def test_comparison_table_against_scipy_holm_by_hand_and_closed_form_speedups():
     f, b = forward_flops(model), backward_flops(model)
     assert tab.loc["loss_second_moment", "speedup_flops"].value == pytest.approx(np.median(R_A) * (f + b) / (f + b + f / 2))
     assert tab.loc["stratified", "speedup_flops"].value == pytest.approx(np.median(R_B))
-    assert bool(tab.loc["arcsine", "unbiased"])
+    assert bool(tab.loc["arcsine", "unbiased"]) and "lr" not in tab
+    ds.attrs["fixed"] = '{"lr": 0.002}'
+    assert (report.comparison_table(ds, "integrated_excess_ema")["lr"] == 0.002).all()
     text = report.as_text(tab)
     assert text.loc["loss_second_moment", "speedup_steps"] == f"{np.median(R_A):.3g} [{R_A[1]:.3g}, {R_A[8]:.3g}]"
     assert text.loc["stratified", "p_holm"] == f"{tab.loc['stratified', 'p_holm']:.2g}" and text.loc["arcsine", "n"] == 10
@@ -167,8 +169,11 @@ def test_select_lr_follows_the_written_rule():
                 c["diverged_step"] = c["diverged_step"].copy(data=np.r_[40, np.full(9, -1)][None, :])
             per_lr.append(c)
         cells[s] = xr.concat(per_lr, dim="lr")
-    chosen, cand = report.select_lr(_grid(cells))
+    grid = _grid(cells)
+    chosen, cand = report.select_lr(grid)
     assert chosen.to_dict() == {"uniform": 0.01, "info_snr": 0.01}
+    tuned = report.at_chosen_lr(grid, chosen)
+    assert tuned["lr"].values.tolist() == [0.01, 0.01] and "lr" not in tuned.dims
     assert cand["chosen"].sum() == 2 and not cand.loc[("info_snr", 0.1), "eligible"]
     want = 1 + C.mean() * (1 - 0.4 * 1.5)
     assert cand.loc[("uniform", 0.01), "mean"] == pytest.approx(want)
