@@ -170,7 +170,8 @@ def at_chosen_lr(ds: xr.Dataset, chosen: Mapping[str, float]) -> xr.Dataset:
     to rate, e.g. :func:`select_lr`'s choice on a grid whose other axes were selected (or
     ``chosen.xs(value, level=axis)`` of a wider one)."""
     cells = [ds.sel(sampler=s, lr=lr) for s, lr in chosen.items()]
-    return xr.concat(cells, dim="sampler", data_vars="all", coords="different", compat="equals", join="outer")
+    tuned = xr.concat(cells, dim="sampler", data_vars="all", coords="different", compat="equals", join="outer")
+    return tuned.assign_coords(lr=("sampler", [float(v) for v in chosen.values()]))  # also when all rates agree
 
 
 def spike_source(ds: xr.Dataset) -> tuple[str, bool]:
