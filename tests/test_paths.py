@@ -179,10 +179,6 @@ def test_rb_target_is_the_conditional_mean_for_non_gaussian_data(sigma, t):
 def test_rb_loss_differs_by_a_constant_and_keeps_the_oracle_minimiser(sigma):
     """Paired Monte Carlo on a Gaussian mixture: L_u - L_rb is the same for two models and the
     oracle and equals E[Var(u_t | x1, x_t)] per dimension; L_rb(model) - L_rb(v*) is the excess."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     from mixtures import mixture_2d
 
     from fmstudy.models import MLPConfig, VelocityMLP
