@@ -169,9 +169,10 @@ def at_chosen_lr(ds: xr.Dataset, chosen: Mapping[str, float]) -> xr.Dataset:
     coordinate over ``sampler``): the cells a tuned comparison reads. ``chosen`` maps sampler
     to rate, e.g. :func:`select_lr`'s choice on a grid whose other axes were selected (or
     ``chosen.xs(value, level=axis)`` of a wider one)."""
-    cells = [ds.sel(sampler=s, lr=lr) for s, lr in chosen.items()]
+    pairs = [(s, float(lr)) for s, lr in chosen.items()]
+    cells = [ds.sel(sampler=s, lr=lr) for s, lr in pairs]
     tuned = xr.concat(cells, dim="sampler", data_vars="all", coords="different", compat="equals", join="outer")
-    return tuned.assign_coords(lr=("sampler", [float(v) for v in chosen.values()]))  # also when all rates agree
+    return tuned.assign_coords(lr=("sampler", [lr for _, lr in pairs]))  # also when all rates agree
 
 
 def spike_source(ds: xr.Dataset) -> tuple[str, bool]:
