@@ -1,10 +1,19 @@
-"""Cost of drawing t (and updating adaptive state) against one ensemble training step.
+"""Cost of drawing t and updating a sampler's state against one ensemble training step.
 
-Target (issue 3): sampling plus update for M = 1024 members, B = 256 is at most 5% of one
-training step of the ensemble on the same device. Both are timed in this process; the
-ratio, not the seconds, is the result.
+Target (issues 3 and 11): sampling plus update for M = 1024 members, B = 256 is at most 5% of
+one training step of the ensemble on the same device. The training step is the real one's
+work: forward with the per-sample trace, backward, Adam. Step (A) and sampler (B) are timed in
+this process, interleaved A B A B ... for ``--repeats`` rounds of ``--inner`` calls each, and
+the ratio B/A of each round is reported as its median and range over the rounds (so a drift
+of the machine hits both alike). The ratio, not the seconds, is the result.
+
+For ``var_opt`` the per-sample squared norms in Adam's metric are a cost of the trainer, not of
+the sampler, but they are what the sampler needs; the ``+norms/s`` lines add reading Adam's
+preconditioner and ``per_sample_grad_sq_adam`` (one batched product per layer) for every s-th
+sample of the batch to its update (s = 1: all B).
 
     python benchmarks/sampler_overhead.py [--members 1024] [--batch 256] [--device cpu|cuda]
+        [--samplers var_opt,var_opt_neyman,...]
 """
 
 from __future__ import annotations
@@ -16,22 +25,27 @@ import time
 import torch
 
 from fmstudy.data import get_benchmark
-from fmstudy.models import MLPConfig, VelocityEnsemble
+from fmstudy.models import MLPConfig, VelocityEnsemble, adam_preconditioner, per_sample_grad_sq_adam
 from fmstudy.paths import BrownianBridge
 from fmstudy.samplers import Feedback, make_sampler, sampler_names
 
 
-def timed(fn, repeats: int, sync) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls, after one warm-up call."""
-    fn()
+def interleaved(step, other, repeats: int, inner: int, sync) -> tuple[float, list[float]]:
+    """Median seconds of ``step`` and the ratios other/step of each round, A B A B ..."""
+    step(), other()
     sync()
-    times = []
+    steps, ratios = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times = []
+        for fn in (step, other):
+            start = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync()
+            times.append((time.perf_counter() - start) / inner)
+        steps.append(times[0])
+        ratios.append(times[1] / times[0])
+    return statistics.median(steps), ratios
 
 
 def main() -> None:
@@ -40,7 +54,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--inner", type=int, default=5)
+    parser.add_argument("--samplers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--strides", type=int, nargs="+", default=[1, 8, 16], help="var_opt: Adam-metric norms of every s-th sample")
     args = parser.parse_args()
+    if args.repeats < 3:
+        parser.error(f"--repeats={args.repeats} is not allowed: at least 3 rounds give a median and a range")
     dev = torch.device(args.device)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     m, b = args.members, args.batch
@@ -52,32 +71,47 @@ def main() -> None:
     x1 = bench.sample(m * b, torch.Generator().manual_seed(0)).reshape(m, b, -1).to(dev)
     x0, eps = torch.randn_like(x1), torch.randn_like(x1)
     t = torch.rand(m, b, device=dev) * 0.998 + 1e-3
+    last: dict[str, list] = {}
 
     def train_step() -> None:
         s = path.sample(x0, x1, t, eps, check=False)
-        loss = ((model(s.xt, t) - s.ut) ** 2).mean(-1)  # [M, B]
+        trace: list = []
+        loss = ((model(s.xt, t, trace=trace) - s.ut) ** 2).mean(-1)  # [M, B]
         opt.zero_grad(set_to_none=True)
         loss.mean(1).sum().backward()
         opt.step()
+        last["trace"] = trace
 
-    step = timed(train_step, args.repeats, sync)
-    print(f"device={dev} members={m} batch={b} train step: {step * 1e3:.2f} ms")
-    print(f"{'sampler':<20} {'sample+update ms':>17} {'ratio to step':>14}")
+    train_step()  # Adam has state from here on
+    print(f"device={dev} members={m} batch={b} hidden={bench.model_hidden} depth={bench.model_depth}")
+    print(f"{'sampler':<22} {'step ms':>8} {'ratio median':>13} {'range':>17}")
     loss = torch.rand(m, b, device=dev)
     grad_norm = torch.rand(m, b, device=dev)
-    for name in sampler_names():
+    names = [n for n in args.samplers.split(",") if n] or sampler_names()
+    for name in names:
         sampler = make_sampler(name, seeds=range(m), t_eps=path.t_eps, device=dev)
         k = getattr(sampler, "n_bins", 20)
         bins = torch.rand(m, k, device=dev) + 0.5
+        variants = [(name, 0)]
+        if name.startswith("var_opt"):
+            variants += [(f"{name} +norms/{s}", s) for s in args.strides]
+        for label, stride in variants:
 
-        def sample_and_update() -> None:
-            draw = sampler.sample(b)
-            sampler.update(
-                Feedback(t=draw.t, loss=loss, grad_norm=grad_norm, bin_loss=bins, bin_excess=bins, bin_grad_mean_sq=bins, bin_grad_sq=2 * bins)
-            )
+            def sample_and_update(stride=stride, sampler=sampler, bins=bins) -> None:
+                draw = sampler.sample(b)
+                tt, sq = draw.t, grad_norm
+                if stride:  # the trainer's share: Adam's metric from the step's own trace, every stride-th sample
+                    index = torch.arange(0, b, stride, device=dev)
+                    sq = per_sample_grad_sq_adam(last["trace"], adam_preconditioner(opt, model), index=index) * b**2
+                    tt = draw.t[:, index]
+                sampler.update(
+                    Feedback(t=tt, loss=loss, grad_norm=grad_norm, grad_sq_adam=sq, bin_loss=bins, bin_excess=bins,
+                             bin_grad_mean_sq=bins, bin_grad_sq=2 * bins, bin_grad_mean_sq_adam=bins, bin_grad_sq_adam=2 * bins)
+                )
 
-        cost = timed(sample_and_update, args.repeats, sync)
-        print(f"{name:<20} {cost * 1e3:>17.2f} {cost / step:>13.1%}")
+            step, ratios = interleaved(train_step, sample_and_update, args.repeats, args.inner, sync)
+            med = statistics.median(ratios)
+            print(f"{label:<22} {step * 1e3:>8.2f} {med:>12.1%} {min(ratios):>8.1%}-{max(ratios):.1%}")
 
 
 if __name__ == "__main__":

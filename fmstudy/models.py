@@ -267,6 +267,7 @@ def per_sample_grad_sq_adam(
     trace: list[tuple[Tensor, Tensor]],
     precond: tuple[Sequence[Tensor], Sequence[Tensor]],
     deltas: Sequence[Tensor] | None = None,
+    index: Tensor | None = None,
 ) -> Tensor:
     """Each sample's squared gradient norm in a diagonal metric, ``g_n^T P g_n``, ``[M, N]``.
 
@@ -276,13 +277,16 @@ def per_sample_grad_sq_adam(
         g_n^T P g_n = sum_l (a_n^2)^T P_W (delta_n^2) + (delta_n^2)^T P_b,
 
     one batched matrix product per layer (the cost of a forward pass), exact. Same trace and
-    ``deltas`` as :func:`per_sample_grad_sq`.
+    ``deltas`` as :func:`per_sample_grad_sq`. ``index`` (sample positions ``[n]``) restricts
+    the work to those samples and returns ``[M, n]``: the cost falls by N/n.
     """
     p_w, p_b = precond
     if len(p_w) != len(trace) or len(p_b) != len(trace):
         raise ValueError(f"a preconditioner for {len(p_w)} layers is not allowed: the trace has {len(trace)}")
     total = None
     for (a, _), delta, pw, pb in zip(trace, _deltas(trace, deltas), p_w, p_b):
+        if index is not None:
+            a, delta = a[:, index], delta[:, index]
         d2 = delta.pow(2)
         part = (torch.bmm(a.pow(2).to(pw.dtype), pw).to(d2.dtype) * d2).sum(-1) + (d2 * pb[:, None, :].to(d2.dtype)).sum(-1)
         total = part if total is None else total + part

@@ -365,6 +365,8 @@ def test_per_sample_grad_sq_adam_matches_explicit_gradients():
     loss = ((ens(x, t, trace=trace) - y) ** 2).mean(-1)
     deltas = torch.autograd.grad(loss.sum(), [pre for _, pre in trace])
     got = per_sample_grad_sq_adam(trace, (pw, pb), deltas)
+    index = torch.tensor([1, 4])
+    torch.testing.assert_close(per_sample_grad_sq_adam(trace, (pw, pb), deltas, index=index), got[:, index], rtol=1e-14, atol=0)
     ones = ([torch.ones_like(w) for w in pw], [torch.ones_like(b) for b in pb])
     torch.testing.assert_close(per_sample_grad_sq_adam(trace, ones, deltas), per_sample_grad_sq(trace, deltas), rtol=1e-12, atol=0)
     for i in range(2):
