@@ -47,6 +47,9 @@ class _Draw:
     n_uniform: int
     n_normal: int
     transform: Callable[[Tensor, Tensor], Tensor]
+    # The same map written for large batches (fewer operators, no host reads), used for the
+    # members' training draws; None: ``transform`` serves both.
+    batched: Callable[[Tensor, Tensor], Tensor] | None = None
 
     def __call__(self, n: int, g: torch.Generator) -> Tensor:
         u = torch.rand(n, self.n_uniform, generator=g, dtype=torch.float64)
@@ -127,7 +130,7 @@ class Benchmark:
         m, draw = rng.n_members, self._draw
         u = rng.uniform(counter, n * draw.n_uniform, device).reshape(m * n, draw.n_uniform)
         z = rng.normal(counter, n * draw.n_normal, device, torch.float64).reshape(m * n, draw.n_normal)
-        return draw.transform(u, z).float().reshape(m, n, self.dim)
+        return (draw.batched or draw.transform)(u, z).float().reshape(m, n, self.dim)
 
     def oracle(self, path: BrownianBridge) -> BridgeOracle:
         """The exact marginal velocity of ``path`` for this benchmark's mixture (section 2)."""
@@ -182,8 +185,29 @@ def _finish(name: str, opts: dict[str, Any], dim: int, heldout_n: int, draw: _Dr
     return Benchmark(name, dim, dict(opts), opts["seed"], heldout, hidden, depth, draw, **kw)
 
 
+def _batched_mixture(mixture: GaussianMixture) -> Callable[[Tensor, Tensor], Tensor]:
+    """``GaussianMixture.transform`` in a fixed number of operators: every row through every
+    component, ``x_k = m_k + (z * sqrt(lambda_k)) U_k^T`` as one batched product ``[K, n, d]``,
+    then each row's own component ``k = F^{-1}(u)`` gathered (what the unmasked transform
+    computes component by component; K n d memory)."""
+    on_device: dict[torch.device, tuple[Tensor, ...]] = {}
+
+    def transform(u: Tensor, z: Tensor) -> Tensor:
+        dev = z.device
+        if dev not in on_device:
+            on_device[dev] = tuple(
+                v.to(dev) for v in (mixture.weights.cumsum(0), mixture.means[:, None, :], mixture.evecs.transpose(-1, -2), mixture.evals.sqrt()[:, None, :])
+            )
+        cum, means, evecs_t, scale = on_device[dev]
+        k = torch.searchsorted(cum, u[:, 0].contiguous(), right=True).clamp(max=mixture.n_components - 1)
+        every = means + torch.matmul(z[None] * scale, evecs_t)  # [K, n, d]
+        return every.gather(0, k[None, :, None].expand(1, *z.shape))[0]
+
+    return transform
+
+
 def _mixture_benchmark(name: str, opts: dict[str, Any], mixture: GaussianMixture, hidden: int) -> Benchmark:
-    draw = _Draw(1, mixture.dim, lambda u, z: mixture.transform(u[:, 0], z))
+    draw = _Draw(1, mixture.dim, lambda u, z: mixture.transform(u[:, 0], z), _batched_mixture(mixture))
     return _finish(name, opts, mixture.dim, opts["n_heldout"], draw, hidden, 3, mixture=mixture)
 
 

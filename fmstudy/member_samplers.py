@@ -58,6 +58,7 @@ class MemberSamplers:
         self._reweight = scatter(per_member(lambda s: s.reweight))[:, None]
         self._any_stratified, self._all_reweight = bool(self._stratified.any()), bool(self._reweight.all())
         self._tables: tuple[Tensor, Tensor, Tensor] | None = None
+        self._last: tuple[int, Tensor] | None = None
 
     # -- what the run asks of its samplers ---------------------------------------------------
     @property
@@ -75,16 +76,23 @@ class MemberSamplers:
     def _build_tables(self) -> tuple[Tensor, Tensor, Tensor]:
         tables = [s.table() for s in self.samplers]
         width = max(e.numel() for e, _ in tables)
-        edges = torch.empty(self.n_members, width, dtype=torch.float64, device=self.device)
-        cdf = torch.full((self.n_members, width), torch.inf, dtype=torch.float64, device=self.device)
-        last = torch.empty(self.n_members, 1, dtype=torch.int64, device=self.device)
+        m = self.n_members
+        if self._last is None or self._last[0] != width:  # each member's last cell, G_i - 1
+            last = torch.empty(m, 1, dtype=torch.int64, device=self.device)
+            for (e, _), idx in zip(tables, self._index):
+                last.index_fill_(0, idx, e.numel() - 2)
+            self._last = (width, last)
+        if len(tables) == 1 and self._whole[0]:  # one group: its own table, no copies
+            e, c = tables[0]
+            return e.expand(m, width), c if c.shape[0] == m else c.expand(m, width).contiguous(), self._last[1]
+        edges = torch.empty(m, width, dtype=torch.float64, device=self.device)
+        cdf = torch.full((m, width), torch.inf, dtype=torch.float64, device=self.device)
         for (e, c), g, idx in zip(tables, self.groups, self._index):
             n = e.numel()
             edges[idx, :n] = e.expand(len(g), n)
             edges[idx, n:] = e[-1]
             cdf[idx, :n] = c.expand(len(g), n)
-            last[idx] = n - 2  # the member's last cell, G_i - 1
-        return edges, cdf, last
+        return edges, cdf, self._last[1]
 
     def sample_from(self, u: Tensor, dtype: torch.dtype = torch.float32) -> TimeDraw:
         """Draws ``[M, B]`` from uniforms ``u`` (float64): each group's counter advances by one."""

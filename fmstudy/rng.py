@@ -127,7 +127,9 @@ class StepDraws:
     ``h = fold(fold(fold(base(seed, stream), c_lo), c_hi), salt)`` is one ``[M, R]`` tensor,
     the index words of every block are one ``[M, N]`` tensor (N the total count), and the two
     words behind each uniform, ``fold(w, 1)`` and ``fold(w, 2)``, one ``[2, M, N]`` tensor;
-    the Box-Muller transform runs once over every normal block. Every value is the one
+    the Box-Muller transform runs once over every normal block. The prefixes depend on the
+    counter only through two words, so they are computed for ``chunk`` consecutive counters at
+    once (``[L, M, R]``, at most about 32 MB) and a step reads its row. Every value is the one
     :class:`CounterRNG` gives (same words, same float operations elementwise), so switching
     between the two never changes a run.
     """
@@ -159,7 +161,9 @@ class StepDraws:
         self._shift = torch.tensor([5, 6], dtype=torch.int64)[:, None, None]
         self.n_uniform = sum(r.n for r in self.requests if not r.normal)
         self.n_normal = sum(r.n for r in self.requests if r.normal)
+        self.chunk = max(1, min(4096, 2**22 // max(1, self._base.numel())))
         self._on_device: dict[torch.device, tuple[Tensor, ...]] = {}
+        self._prefix: tuple[torch.device, int, Tensor] | None = None  # (device, first counter, [L, M, R])
 
     def _constants(self, device: torch.device) -> tuple[Tensor, ...]:
         if device not in self._on_device:  # copied once per device, not at every step
@@ -168,10 +172,27 @@ class StepDraws:
             )
         return self._on_device[device]
 
+    def _prefixes(self, first: int, device: torch.device) -> Tensor:
+        """``[L, M, R]`` block prefixes for counters ``first .. first + L - 1``."""
+        base, salt = self._constants(device)[:2]
+        c = first + torch.arange(self.chunk, dtype=torch.int64, device=device)[:, None, None]
+        h = _combine(base, _mix32(c & _M32) + _GOLDEN)
+        last = first + self.chunk - 1
+        if first >> 32 == last >> 32:  # the high word is one integer for the whole chunk
+            h = _combine(h, _mix32(first >> 32) + _GOLDEN)
+        else:
+            h = _combine(h, _mix32(c >> 32) + _GOLDEN)
+        return _combine(h, salt)
+
     def draw(self, counter: int, device: torch.device | str | None = None) -> list[Tensor]:
         """The blocks at ``counter``, in request order: float64 ``[M, n]`` each."""
-        base, salt, block, index, words12, shift = self._constants(torch.device(device or "cpu"))
-        h = _combine(_combine(_combine(base, _mix32(counter & _M32) + _GOLDEN), _mix32(counter >> 32) + _GOLDEN), salt)
+        if counter < 0:
+            raise ValueError(f"counter={counter} is not allowed: counters are >= 0")
+        device = torch.device(device or "cpu")
+        block, index, words12, shift = self._constants(device)[2:]
+        if self._prefix is None or self._prefix[0] != device or not 0 <= counter - self._prefix[1] < self.chunk:
+            self._prefix = (device, counter, self._prefixes(counter, device))
+        h = self._prefix[2][counter - self._prefix[1]]  # [M, R]
         w = _combine(h[:, block], index)  # [M, N]
         hl = _combine(w, words12) >> shift  # [2, M, N]: 27 and 26 random bits
         u = ((hl[0] * (1 << 26) + hl[1]).to(torch.float64) + 0.5) / float(1 << 53)

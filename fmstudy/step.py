@@ -86,7 +86,8 @@ class TrainStep:
 
         # Freezing is decided on the device, with no host synchronisation: a frozen member's
         # gradient is zeroed (it may be NaN) and its Adam step is zero.
-        bad = run.alive & ~(torch.isfinite(member_loss) & (member_loss <= cfg.max_loss))
+        # L >= 0, so "L <= max_loss" is false exactly when L is NaN, +inf or too large.
+        bad = run.alive & ~(member_loss <= cfg.max_loss)
         run.diverged_step = torch.where(bad, s, run.diverged_step)
         run.alive &= ~bad
 
