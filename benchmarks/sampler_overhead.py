@@ -56,6 +56,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--samplers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--precond-every", type=int, default=10, help="var_opt +norms: steps between reads of Adam's state")
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 8, 16], help="var_opt: Adam-metric norms of every s-th sample")
     args = parser.parse_args()
     if args.repeats < 3:
@@ -102,7 +103,12 @@ def main() -> None:
                 tt, sq = draw.t, grad_norm
                 if stride:  # the trainer's share: Adam's metric from the step's own trace, every stride-th sample
                     index = torch.arange(0, b, stride, device=dev)
-                    sq = per_sample_grad_sq_adam(last["trace"], adam_preconditioner(opt, model), index=index) * b**2
+                    # Adam's v moves on a time scale of 1 / (1 - beta2) = 1000 steps: P is re-read
+                    # every --precond-every steps (elementwise over all parameters, like Adam itself).
+                    last["calls"] = last.get("calls", 0) + 1
+                    if "precond" not in last or last["calls"] % args.precond_every == 0:
+                        last["precond"] = adam_preconditioner(opt, model)
+                    sq = per_sample_grad_sq_adam(last["trace"], last["precond"], index=index) * b**2
                     tt = draw.t[:, index]
                 sampler.update(
                     Feedback(t=tt, loss=loss, grad_norm=grad_norm, grad_sq_adam=sq, bin_loss=bins, bin_excess=bins,
