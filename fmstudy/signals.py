@@ -35,9 +35,9 @@ from .data import Benchmark, ProbeSet
 from .models import VelocityEnsemble, per_sample_grad_sq, per_sample_grad_sq_adam
 from .oracle import BridgeOracle
 from .paths import BrownianBridge
-from .variance import GradientMoments
+from .variance import GradientMoments, account_with_errors
 
-__all__ = ["BinSignals", "fresh_probes", "measure_bins", "measure_variance", "probe_irreducible"]
+__all__ = ["BinSignals", "fresh_probes", "measure_bins", "measure_variance", "probe_irreducible", "variance_record"]
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ def measure_variance(
         for x in metrics:
             second[x].append(norms[x].double().view(m, c, groups, p_size).mean(-1))
         sq = {x: torch.zeros(m, c, groups, dtype=torch.float64, device=like.device) for x in metrics}
-        weight = mass[k0 : k0 + c].to(like.dtype)[None, :, None, None]
+        weight = mass[k0 : k0 + c].to(like.dtype)[None, :, None, None]  # [1, c, 1, 1] over [M, c, R, out]
         for layer, ((a, _), delta) in enumerate(zip(trace, deltas)):
             a = a.reshape(m, c * groups, p_size, -1)
             delta = delta.reshape(m, c * groups, p_size, -1)
@@ -219,8 +219,8 @@ def measure_variance(
                 pw, pb = precond[0][layer], precond[1][layer]
                 adam = (g_w.pow(2) * pw[:, None]).double().sum((-1, -2)) + (g_b.pow(2) * pb[:, None]).double().sum(-1)
                 sq["adam"] += adam.view(m, c, groups)
-            full_w[layer] += (weight * g_w.view(m, c, groups, *g_w.shape[2:])).sum(1)
-            full_b[layer] += (weight[..., 0] * g_b.view(m, c, groups, -1)).sum(1)
+            full_w[layer] += (weight[..., None] * g_w.view(m, c, groups, *g_w.shape[2:])).sum(1)
+            full_b[layer] += (weight * g_b.view(m, c, groups, -1)).sum(1)
         for x in metrics:
             cell_sq[x].append(sq[x])
     out = []
@@ -239,3 +239,27 @@ def measure_variance(
         full_sq = full.T - (mass64**2 * noise).sum(-1) / p_size
         out.append(GradientMoments(sec, noise, gbar_sq - noise / p_size, full_sq, mass64, p_size))
     return out[0], (out[1] if precond is not None else None)
+
+
+def variance_record(
+    euclid: GradientMoments, adam: GradientMoments | None, proposals: dict[str, Tensor] | None = None
+) -> dict[str, Tensor]:
+    """What a checkpoint stores and what the variance samplers are fed, from
+    :func:`measure_variance`: the account with standard errors and jackknife biases
+    (:func:`fmstudy.variance.account_with_errors`, ``[M]`` each) under ``var_`` (Euclidean) and
+    ``var_adam_`` (Adam's metric), the pooled per-bin moments ``[M, K]`` under the
+    :class:`~fmstudy.samplers.Feedback` names (``bin_grad_sq``, ``bin_grad_mean_sq`` and their
+    ``_adam`` twins) and the within-bin spread ``bin_grad_noise(_adam)``. ``proposals``: name ->
+    bin masses ``[M, K]`` (e.g. the run's current ``sampler.bin_mass(edges)``)."""
+    out: dict[str, Tensor] = {}
+    for suffix, moments in (("", euclid), ("_adam", adam)):
+        if moments is None:
+            continue
+        pooled = moments.pooled()
+        out[f"bin_grad_sq{suffix}"] = pooled["second"]
+        out[f"bin_grad_mean_sq{suffix}"] = pooled["mean_sq"]
+        out[f"bin_grad_noise{suffix}"] = pooled["noise"]
+        prefix = "var_adam_" if suffix else "var_"
+        for name, value in account_with_errors(moments, proposals).items():
+            out[prefix + name] = value
+    return out
