@@ -14,8 +14,8 @@ number of layers or members. For member i with learning rate ``lr_i``, at step k
 each written as ``torch.optim.Adam``'s single-tensor implementation writes it (the same float
 operations in the same order), so a member gets the numbers it would get from torch's Adam
 alone, and the elementwise buffers make them independent of the other members. A member that
-is not ``keep`` gets a zero step: its parameters do not move (its moments may hold NaN after
-a divergence; they are never used again).
+is not ``keep`` gets a zero step: its parameters do not move, provided its moments are finite
+(the engine zeroes a frozen member's gradient, which may be NaN, before the step).
 """
 
 from __future__ import annotations

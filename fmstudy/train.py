@@ -44,7 +44,7 @@ from .run_state import RunState, checkpoint_steps
 from .samplers import TimeSampler
 from .step import TrainStep
 
-__all__ = ["TrainConfig", "TrainResult", "train", "checkpoint_steps", "cell_configs", "member_groups"]
+__all__ = ["TrainConfig", "TrainResult", "train", "checkpoint_steps", "cell_configs", "member_groups", "build_run"]
 
 
 @dataclass(frozen=True)
@@ -182,6 +182,12 @@ def cell_configs(config: TrainConfig) -> list[tuple[list[int], TrainConfig]]:
     ]
 
 
+def build_run(config: TrainConfig) -> tuple[RunState, TrainStep]:
+    """A run's state and its step, built and not yet started (for tests and probes)."""
+    run = RunState(config, cell_configs(config))
+    return run, TrainStep(run)
+
+
 def train(
     config: TrainConfig,
     checkpoint: str | os.PathLike | None = None,
@@ -199,8 +205,7 @@ def train(
         progress: show a tqdm bar with steps and model-steps per second.
     """
     start_wall = time.perf_counter()
-    run = RunState(config, cell_configs(config))
-    step = TrainStep(run)
+    run, step = build_run(config)
     path = Path(checkpoint) if checkpoint is not None else None
     if path is not None and path.exists():
         run.load(torch.load(path, map_location=run.device, weights_only=False))

@@ -12,7 +12,7 @@ import torch
 from fmstudy.data import get_benchmark
 from fmstudy.evaluate import sample_quality
 from fmstudy.rng import CounterRNG
-from fmstudy.train import TrainConfig, _Run, train
+from fmstudy.train import TrainConfig, build_run, train
 
 if os.environ.get("FMSTUDY_REQUIRE_CUDA") == "1" and not torch.cuda.is_available():
     # Set by benchmarks/gpu_checks.sh: there a missing GPU is an error, not nine skips.
@@ -73,12 +73,12 @@ def test_a_planted_divergence_on_the_gpu_freezes_only_that_member(monkeypatch):
 @pytest.mark.parametrize("sampler", ["uniform", "loss_second_moment", "grad_norm", "info_snr", "oracle_excess"])
 def test_a_gpu_training_step_never_synchronises(sampler):
     """CUDA's own check: any operation that makes the host wait for the device raises."""
-    run = _Run(small(seeds=(0, 1), steps=10, sampler={"name": sampler}, feedback_every=100, grad_clip=1.0, device="cuda"))
-    run.train_step()
+    run, step = build_run(small(seeds=(0, 1), steps=10, sampler={"name": sampler}, feedback_every=100, grad_clip=1.0, device="cuda"))
+    step()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        run.train_step()
+        step()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()

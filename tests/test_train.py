@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from fmstudy.results import SCHEMA, read_netcdf, write_netcdf
-from fmstudy.train import TrainConfig, checkpoint_steps, train
+from fmstudy.results import SCHEMA, read_netcdf, split_pack, write_netcdf
+from fmstudy.train import TrainConfig, build_run, cell_configs, checkpoint_steps, train
 
 SMALL = dict(benchmark="gmm8", hidden=32, depth=2, batch_size=64, n_bins=6, probe_per_bin=16, n_checkpoints=4, device="cpu")
 
@@ -164,16 +164,183 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch, sampler):
     """Between checkpoints and feedback passes, a step queues work and reads nothing back.
     On a CPU the mixture's masked transform is switched for the unmasked one a GPU uses."""
     from fmstudy.oracle import GaussianMixture
-    from fmstudy.train import _Run
 
     original = GaussianMixture.transform
     monkeypatch.setattr(GaussianMixture, "transform", lambda self, u, z, masked=None: original(self, u, z, masked=False))
-    run = _Run(small(seeds=(0, 1), steps=10, sampler={"name": sampler}, feedback_every=100, grad_clip=1.0))
-    run.train_step()
+    run, step = build_run(small(seeds=(0, 1), steps=10, sampler={"name": sampler}, feedback_every=100, grad_clip=1.0))
+    step()
     with _HostReads() as reads:
-        run.train_step()
+        step()
+    assert reads.seen == []
+    # A pack of groups with different samplers (two with adaptive state) reads nothing either.
+    members = [{"seed": 0, "sampler": {"name": sampler}}, {"seed": 0, "sampler": {"name": "grad_norm"}, "lr": 2e-3}, {"seed": 1}]
+    run, step = build_run(small(members=members, steps=10, feedback_every=100, grad_clip=1.0))
+    step()
+    with _HostReads() as reads:
+        step()
     assert reads.seen == []
     # The probe itself can fail: a divergence check written as bool(...) is caught.
     with _HostReads() as reads:
         bool(run.alive.all())
     assert reads.seen
+
+
+# -- heterogeneous ensembles (packs of grid cells) -------------------------------------------
+PACK = [
+    {"seed": 3, "sampler": {"name": "uniform"}},
+    {"seed": 4, "sampler": {"name": "uniform"}},
+    {"seed": 3, "sampler": {"name": "loss_second_moment", "history": 4}, "lr": 3e-3},  # adaptive
+    {"seed": 5, "sampler": {"name": "logit_normal", "reweight": False}},  # unweighted
+    {"seed": 4, "sampler": {"name": "loss_second_moment", "history": 4}, "lr": 3e-3},
+    {"seed": 3, "sampler": {"name": "learning_progress"}, "lr": 3e-3},  # adaptive, fed per bin
+]
+PACK_KW = dict(sigma=0.5, steps=30, feedback_every=5, grad_clip=2.0, warmup_steps=3)
+
+
+def _same_cell(packed, alone):
+    """Two cell Datasets equal in every number and attribute, timing aside."""
+    timing = {"wall_seconds", "setup_seconds"}
+    assert set(packed.data_vars) == set(alone.data_vars)
+    for name in alone.data_vars:
+        if name != "train_seconds":
+            np.testing.assert_array_equal(packed[name].values, alone[name].values, err_msg=name)
+    for name in alone.coords:
+        np.testing.assert_array_equal(packed[name].values, alone[name].values, err_msg=name)
+    assert {k: v for k, v in packed.attrs.items() if k not in timing} == {k: v for k, v in alone.attrs.items() if k not in timing}
+
+
+def test_a_pack_member_is_the_member_trained_alone_to_the_bit():
+    """Fixed, adaptive (per-sample and per-bin fed), unweighted samplers and two learning
+    rates in one run: each cell split from the pack equals that cell run on its own."""
+    cfg = small(members=PACK, **PACK_KW)
+    packed = train(cfg, progress=False)
+    cells = split_pack(packed.dataset)
+    assert [list(c.member.values) for c in cells] == [[3, 4], [3, 4], [5], [3]]
+    for (idx, cell_cfg), part in zip(cell_configs(cfg), cells):
+        alone = train(cell_cfg, progress=False)
+        _same_cell(part, alone.dataset)
+        for p, q in zip(packed.model.parameters(), alone.model.parameters()):
+            assert torch.equal(p[idx], q)
+        for p, q in zip(packed.ema_model.parameters(), alone.ema_model.parameters()):
+            assert torch.equal(p[idx], q)
+    # The adaptive groups really adapted, so the comparison covered their state.
+    assert float(np.abs(cells[1].q.isel(checkpoint=-1) - 1).max()) > 0.05
+
+
+def test_members_with_one_seed_see_the_same_data_whatever_their_sampler_or_lr(monkeypatch):
+    from fmstudy.paths import BrownianBridge
+
+    seen = []
+    original = BrownianBridge.sample
+
+    def spy(self, x0, x1, t, eps, check=True):
+        seen.append((x0.clone(), x1.clone(), t.clone(), eps.clone()))
+        return original(self, x0, x1, t, eps, check=check)
+
+    members = [{"seed": 7, "sampler": {"name": "uniform"}}, {"seed": 8}, {"seed": 7, "sampler": {"name": "beta", "a": 2.0, "b": 2.0}, "lr": 1e-2}]
+    run, step = build_run(small(members=members, steps=5))
+    monkeypatch.setattr(BrownianBridge, "sample", spy)
+    for _ in range(3):
+        step()
+    for x0, x1, t, eps in seen:
+        for x in (x0, x1, eps):
+            assert torch.equal(x[0], x[2]) and not torch.equal(x[0], x[1])
+        assert not torch.equal(t[0], t[2])  # their samplers differ, their times too
+    # The streams are the member's own: those of a plain run of that seed alone, and its data
+    # those of Benchmark.sample_members on the seed's counter stream.
+    _, alone_step = build_run(small(seeds=(7,), steps=5))
+    first = seen[0]
+    seen.clear()
+    alone_step()
+    for x, y in zip(first, seen[0]):
+        assert torch.equal(x[0], y[0])
+    from fmstudy.rng import CounterRNG
+
+    data_stream = 2
+    assert torch.equal(seen[0][1][0], run.bench.sample_members(CounterRNG([7], data_stream), 0, 64)[0])
+
+
+def test_a_pack_resumes_to_the_same_numbers(tmp_path):
+    cfg = small(members=PACK[:4], **PACK_KW)
+    whole = train(cfg, progress=False).dataset
+    ckpt = tmp_path / "pack.pt"
+    assert not train(cfg, checkpoint=ckpt, stop_at=12, progress=False).complete
+    resumed = train(cfg, checkpoint=ckpt, progress=False).dataset
+    for name in whole.data_vars:
+        if name != "train_seconds":
+            np.testing.assert_array_equal(whole[name].values, resumed[name].values, err_msg=name)
+
+
+def test_the_unweighted_loss_is_the_plain_mean_of_the_per_sample_losses():
+    # Without reweighting the weights are 1: both records agree exactly.
+    plain = train(small(steps=6, sampler={"name": "beta", "a": 2.0, "b": 2.0, "reweight": False}), progress=False).dataset
+    np.testing.assert_array_equal(plain.train_loss.values, plain.train_loss_unweighted.values)
+    # With weights w = 1 / ((b - a) q(t)) they differ; recomputed from the step's own losses.
+    run, step = build_run(small(steps=3, sampler={"name": "beta", "a": 2.0, "b": 2.0}))
+    step()
+    last = step.last
+    torch.testing.assert_close(run.train_loss_unweighted[:, 0], last.per_sample.mean(1), rtol=0, atol=0)
+    torch.testing.assert_close(run.train_loss[:, 0], (last.weight * last.per_sample).mean(1), rtol=0, atol=0)
+    assert not torch.equal(run.train_loss[:, 0], run.train_loss_unweighted[:, 0])
+
+
+def test_a_plain_run_splits_into_itself_and_keeps_its_record():
+    cfg = small(seeds=(0, 1), steps=4)
+    ds = train(cfg, progress=False).dataset
+    assert split_pack(ds) == [ds]
+    assert "members" not in ds.attrs["config"] and "groups" not in ds.attrs
+
+
+@pytest.mark.parametrize(
+    "members, words",
+    [
+        ([], ["members=[]"]),
+        ([{"seed": 1, "colour": "red"}], ["member 0", "'seed'"]),
+        ([{"seed": -1}], ["seed=-1"]),
+        ([{"seed": 1, "lr": 0.0}], ["lr=0.0"]),
+        ([{"seed": 1}, {"seed": 1}], ["member 1", "repeats"]),
+        ([{"seed": 1, "sampler": {"m": 1}}], ["member 0", "'name'"]),
+    ],
+)
+def test_bad_members_are_refused_in_one_line(members, words):
+    with pytest.raises(ValueError) as err:
+        small(members=members)
+    msg = str(err.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_the_ensemble_adam_is_torch_adam_with_a_learning_rate_per_member():
+    """Member i of EnsembleAdam with lr_i equals torch.optim.Adam(lr_i) on member i alone."""
+    import copy
+
+    from fmstudy.adam import EnsembleAdam, FlatParams
+    from fmstudy.models import MLPConfig, VelocityEnsemble
+
+    lrs = [1e-3, 5e-3]
+    model = VelocityEnsemble(MLPConfig(2, 16, 2), [0, 1])
+    alone = [VelocityEnsemble(MLPConfig(2, 16, 2), [s]) for s in (0, 1)]
+    opts = [torch.optim.Adam(a.parameters(), lr=lr) for a, lr in zip(alone, lrs)]
+    flat = FlatParams(model)
+    adam = EnsembleAdam(flat, lrs)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 32, 2, generator=g), torch.rand(2, 32, generator=g)
+    for k in range(5):
+        decay = 0.5 * (1 + math.cos(math.pi * k / 5))
+        flat.grad.zero_()
+        (model(x, t) ** 2).mean(-1).mean(1).sum().backward()
+        adam.step((1.0, decay), torch.ones(2, dtype=torch.bool))
+        for i, (a, opt, lr) in enumerate(zip(alone, opts, lrs)):
+            opt.zero_grad()
+            (a(x[i : i + 1], t[i : i + 1]) ** 2).mean(-1).mean(1).sum().backward()
+            for group in opt.param_groups:
+                group["lr"] = lr * 1.0 * decay
+            opt.step()
+    for i, a in enumerate(alone):
+        for p, q in zip(model.parameters(), a.parameters()):
+            assert torch.equal(p[i], q[0])
+    # A member that is not kept does not move, though its moments do.
+    before = flat.data.clone()
+    flat.grad.fill_(1.0)
+    adam.step((1.0,), torch.tensor([False, True]))
+    member = flat.member_of
+    assert torch.equal(flat.data[member == 0], before[member == 0])
