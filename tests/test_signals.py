@@ -112,7 +112,7 @@ def test_fresh_probes_are_new_for_each_key_and_inside_their_bins():
     assert a.x1.shape == (4, 16, 2)
 
 
-@pytest.mark.parametrize("proposal", ["uniform", "skewed"])
+@pytest.mark.parametrize("proposal", ["uniform", "skewed", "optimal"])
 def test_measured_account_predicts_the_minibatch_gradient_variance(proposal):
     """End to end: V(q) from measure_variance on fresh probes equals B times the Monte-Carlo
     variance of the reweighted minibatch gradient of real sampler draws (continuous t, fresh
@@ -125,12 +125,17 @@ def test_measured_account_predicts_the_minibatch_gradient_variance(proposal):
     k, batch, draws = 4, 8, 3000
     ens = VelocityEnsemble(MLPConfig(dim=2, hidden=8, depth=1, n_freqs=2), seeds=[0]).double()
     euclid, _ = measure_variance(ens, path, fresh_probes(bench, k, 2048, 0.02, key=0), groups=8, bins_per_pass=4)
-    sampler = make_sampler({"name": "oracle_qstar", "n_bins": k, "floor": 0.0}, [3], t_eps=0.02)
+    sampler = make_sampler({"name": "oracle_qstar", "n_bins": k, "floor": 0.0, "metric": "euclid"}, [3], t_eps=0.02)
     if proposal == "skewed":
         sampler.update(Feedback(bin_grad_sq=torch.tensor([[9.0, 1.0, 4.0, 0.25]], dtype=torch.float64)))
+    if proposal == "optimal":  # the oracle q* from the measured S_k: its V is the account's V(q*)
+        sampler.update(Feedback(bin_grad_sq=euclid.pooled()["second"]))
     q = sampler.bin_mass(sampler.edges)
+    assert (proposal == "uniform") == bool(torch.allclose(q, torch.full_like(q, 1 / k)))
     rec = variance_record(euclid, None, {"q": q})
     predicted, se = float(rec["var_v_q"][0]), float(rec["var_v_q_se"][0])
+    if proposal == "optimal":
+        torch.testing.assert_close(rec["var_v_q"], rec["var_v_opt"])
 
     draw = sampler.sample(batch * draws, dtype=torch.float64)
     g = torch.Generator().manual_seed(1)
