@@ -46,7 +46,7 @@ class FlatParams:
             at += n
         self.member_of = torch.cat(member)
         self.n_members = m
-        self._grad_views = [self.grad[a : a + p.numel()].view_as(p) for a, p in zip(self._offsets(), self.params)]
+        self.grads = [self.grad[a : a + p.numel()].view_as(p) for a, p in zip(self._offsets(), self.params)]
         self.seat_grads()
 
     def _offsets(self) -> list[int]:
@@ -57,7 +57,7 @@ class FlatParams:
         """Make each parameter's ``.grad`` its view of ``grad`` again, so that backward
         accumulates there; code that clears gradients (``p.grad = None``, as the probe
         measurements do) unseats them. Cheap: it compares pointers, no device work."""
-        for p, g in zip(self.params, self._grad_views):
+        for p, g in zip(self.params, self.grads):
             if p.grad is None or p.grad.data_ptr() != g.data_ptr():
                 p.grad = g
 
@@ -88,6 +88,7 @@ class EnsembleAdam:
         self.lr = torch.as_tensor(lr, dtype=torch.float64).to(flat.data.device)
         if self.lr.shape != (flat.n_members,):
             raise ValueError(f"lr of shape {list(self.lr.shape)} is not allowed: give one learning rate per member ({flat.n_members})")
+        self._neg_lr = -self.lr
         self.exp_avg = torch.zeros_like(flat.data)
         self.exp_avg_sq = torch.zeros_like(flat.data)
         self.steps = 0
@@ -116,10 +117,11 @@ class EnsembleAdam:
         self.exp_avg.lerp_(g, 1 - beta1)
         self.exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
         denom = (self.exp_avg_sq.sqrt() / ((1 - beta2**k) ** 0.5)).add_(self.eps)
-        lr = self.lr
+        lr = self._neg_lr  # -(x y) = (-x) y and -(x / y) = (-x) / y exactly: the sign moves first
         for f in factors:
-            lr = lr * f
-        step = torch.where(keep, -(lr / (1 - beta1**k)), 0.0).to(self.flat.data.dtype)  # [M]
+            if f != 1.0:  # x * 1.0 = x exactly: a multiplication saved
+                lr = lr * f
+        step = (lr / (1 - beta1**k) * keep).to(self.flat.data.dtype)  # [M]; kept members only
         self.flat.data.add_(self.exp_avg * self.flat.per_element(step) / denom)
 
     def state_dict(self) -> dict[str, Any]:

@@ -106,7 +106,8 @@ class MemberSamplers:
         if self._any_stratified:
             b = u.shape[1]
             u = torch.where(self._stratified, (torch.arange(b, dtype=torch.float64, device=u.device) + u) / b, u)
-        i = torch.minimum((torch.searchsorted(cdf, u, right=True) - 1).clamp(min=0), last)
+        # Every table starts at C_0 = 0 < u, so the cell index is >= 0 without a clamp.
+        i = torch.minimum(torch.searchsorted(cdf, u, right=True) - 1, last)
         c0, c1 = cdf.gather(1, i), cdf.gather(1, i + 1)
         e0, e1 = edges.gather(1, i), edges.gather(1, i + 1)
         frac = ((u - c0) / (c1 - c0)).clamp(0, 1)

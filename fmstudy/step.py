@@ -97,7 +97,8 @@ class TrainStep:
         member_loss.sum().backward()
         flat.grad.masked_fill_(~flat.per_element(run.alive), 0.0)
         if cfg.grad_clip > 0:
-            norm = torch.sqrt(sum(p.grad.pow(2).flatten(1).sum(1) for p in flat.params))  # [M]
+            squares = torch._foreach_mul(flat.grads, flat.grads)  # one operator for every layer
+            norm = torch.sqrt(sum(q.sum(dim=tuple(range(1, q.dim()))) for q in squares))  # [M]
             scale = (cfg.grad_clip / (norm + 1e-12)).clamp(max=1.0)
             flat.grad.mul_(flat.per_element(scale))
         run.opt.step(self._factors(s), run.alive)
