@@ -196,7 +196,12 @@ def measure_variance(
     full_b = [torch.zeros(m, groups, b.shape[1], dtype=like.dtype, device=like.device) for b in model.biases]
     for k0 in range(0, k_all, bins_per_pass):
         c = min(bins_per_pass, k_all - k0)
-        t, x0, x1, eps = (v[k0 : k0 + c].reshape(c * per, *v.shape[2:]).to(like) for v in (probes.t, probes.x0, probes.x1, probes.eps))
+        # Samples ordered (group, bin, probe): each cell is a block of P and each group's samples
+        # of this pass are contiguous, so no activation is ever copied to regroup it.
+        t, x0, x1, eps = (
+            v[k0 : k0 + c].reshape(c, groups, p_size, *v.shape[2:]).transpose(0, 1).reshape(c * per, *v.shape[2:]).to(like)
+            for v in (probes.t, probes.x0, probes.x1, probes.eps)
+        )
         s = path.sample(x0, x1, t, eps, check=False)
         trace: list = []
         with torch.enable_grad():
@@ -206,23 +211,37 @@ def measure_variance(
         if precond is not None:
             norms["adam"] = per_sample_grad_sq_adam(trace, precond, deltas)
         for x in metrics:
-            second[x].append(norms[x].double().view(m, c, groups, p_size).mean(-1))
-        sq = {x: torch.zeros(m, c, groups, dtype=torch.float64, device=like.device) for x in metrics}
-        weight = mass[k0 : k0 + c].to(like.dtype)[None, :, None, None]  # [1, c, 1, 1] over [M, c, R, out]
+            second[x].append(norms[x].double().view(m, groups, c, p_size).mean(-1))
+        sq = {x: torch.zeros(m, groups * c, dtype=torch.float64, device=like.device) for x in metrics}
         for layer, ((a, _), delta) in enumerate(zip(trace, deltas)):
-            a = a.reshape(m, c * groups, p_size, -1)
-            delta = delta.reshape(m, c * groups, p_size, -1)
-            g_w = torch.einsum("mcpi,mcpo->mcio", a, delta) / p_size  # cell means [M, c * R, in, out]
-            g_b = delta.mean(2)
-            sq["euclid"] += (g_w.double().pow(2).sum((-1, -2)) + g_b.double().pow(2).sum(-1)).view(m, c, groups)
+            cell_a = a.view(m, groups * c, p_size, -1)
+            cell_d = delta.view(m, groups * c, p_size, -1)
+            n_in, n_out = cell_a.shape[-1], cell_d.shape[-1]
+            g_b = cell_d.mean(2)
+            flat = None
+            if precond is not None or p_size * (n_in + n_out) >= n_in * n_out:
+                # The cell means [M, cells, in, out]: needed for a diagonal metric, which does
+                # not factor over (in, out), and cheaper than Gram matrices when P is large.
+                flat = torch.matmul(cell_a.transpose(-1, -2), cell_d).flatten(-2) / p_size
+                sq["euclid"] += (torch.linalg.vector_norm(flat, dim=-1) ** 2 + torch.linalg.vector_norm(g_b, dim=-1) ** 2).double()
+            else:
+                # ||gbar_cell||^2 = sum_ij (a_i . a_j + 1)(delta_i . delta_j) / P^2 (the 1 is the
+                # bias's input): two P x P Gram matrices per cell, cheap for small P.
+                gram = (torch.matmul(cell_a, cell_a.transpose(-1, -2)) + 1) * torch.matmul(cell_d, cell_d.transpose(-1, -2))
+                sq["euclid"] += gram.sum((-1, -2)).double() / p_size**2
             if precond is not None:
                 pw, pb = precond[0][layer], precond[1][layer]
-                adam = (g_w.pow(2) * pw[:, None]).double().sum((-1, -2)) + (g_b.pow(2) * pb[:, None]).double().sum(-1)
-                sq["adam"] += adam.view(m, c, groups)
-            full_w[layer] += (weight[..., None] * g_w.view(m, c, groups, *g_w.shape[2:])).sum(1)
-            full_b[layer] += (weight * g_b.view(m, c, groups, -1)).sum(1)
+                adam = torch.bmm(flat * flat, pw.flatten(-2)[..., None])[..., 0] + torch.bmm(g_b * g_b, pb[..., None])[..., 0]
+                sq["adam"] += adam.double()
+            # Each group's sum of a_i delta_i^T over this pass; scaled by p_k / P = 1/(K P) at the end.
+            group_a = a.view(m, groups, c * p_size, -1)
+            group_d = delta.view(m, groups, c * p_size, -1)
+            full_w[layer] += torch.matmul(group_a.transpose(-1, -2), group_d)
+            full_b[layer] += group_d.sum(2)
         for x in metrics:
-            cell_sq[x].append(sq[x])
+            cell_sq[x].append(sq[x].view(m, groups, c))
+    full_w = [w / (k_all * p_size) for w in full_w]
+    full_b = [b / (k_all * p_size) for b in full_b]
     out = []
     for x in metrics:
         pw_all = precond if x == "adam" else ([None] * len(full_w), [None] * len(full_b))
@@ -232,8 +251,8 @@ def measure_variance(
                 full += w.double().pow(2).sum((-1, -2)) + b.double().pow(2).sum(-1)
             else:
                 full += (w.pow(2) * pw[:, None]).double().sum((-1, -2)) + (b.pow(2) * pb[:, None]).double().sum(-1)
-        sec = torch.cat(second[x], 1).permute(2, 0, 1)  # [R, M, K]
-        gbar_sq = torch.cat(cell_sq[x], 1).permute(2, 0, 1)
+        sec = torch.cat(second[x], 2).transpose(0, 1)  # [R, M, K]
+        gbar_sq = torch.cat(cell_sq[x], 2).transpose(0, 1)
         noise = p_size / (p_size - 1) * (sec - gbar_sq)
         mass64 = mass.double()
         full_sq = full.T - (mass64**2 * noise).sum(-1) / p_size

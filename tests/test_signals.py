@@ -64,6 +64,11 @@ def test_variance_moments_match_per_sample_gradients():
     pb = [torch.rand(b.shape, generator=gen, dtype=torch.float64) + 0.1 for b in ens.biases]
     euclid, adam = measure_variance(ens, path, probes, groups=groups, precond=(pw, pb), bins_per_pass=2)
     assert euclid.second.shape == (groups, 2, k) and euclid.full_sq.shape == (groups, 2)
+    # Without a metric the Euclidean cell norms come from Gram matrices where P is small: the same.
+    alone, none = measure_variance(ens, path, probes, groups=groups, bins_per_pass=1)
+    assert none is None
+    for name in ("second", "noise", "mean_sq", "full_sq"):
+        torch.testing.assert_close(getattr(alone, name), getattr(euclid, name), rtol=1e-10, atol=1e-12)
     p = per // groups
     for i in range(2):
         single = ens.member(i).double()
