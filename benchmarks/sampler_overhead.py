@@ -12,8 +12,12 @@ the sampler, but they are what the sampler needs; the ``+norms/s`` lines add rea
 preconditioner and ``per_sample_grad_sq_adam`` (one batched product per layer) for every s-th
 sample of the batch to its update (s = 1: all B).
 
+The variance account's measurement (:func:`fmstudy.signals.measure_variance`, fresh probes,
+both metrics) is timed the same way with ``--account PER_BIN GROUPS``; its ratio is in steps
+(e.g. 8.0 = eight training steps), to be divided by the checkpoint cadence.
+
     python benchmarks/sampler_overhead.py [--members 1024] [--batch 256] [--device cpu|cuda]
-        [--samplers var_opt,var_opt_neyman,...]
+        [--samplers var_opt,var_opt_neyman,...] [--account 64 4]
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from fmstudy.data import get_benchmark
 from fmstudy.models import MLPConfig, VelocityEnsemble, adam_preconditioner, per_sample_grad_sq_adam
 from fmstudy.paths import BrownianBridge
 from fmstudy.samplers import Feedback, make_sampler, sampler_names
+from fmstudy.signals import fresh_probes, measure_variance, variance_record
 
 
 def interleaved(step, other, repeats: int, inner: int, sync) -> tuple[float, list[float]]:
@@ -56,6 +61,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--inner", type=int, default=5)
     parser.add_argument("--samplers", default="", help="comma-separated names (default: all)")
+    parser.add_argument("--account", type=int, nargs=2, metavar=("PER_BIN", "GROUPS"), help="also time the variance account")
+    parser.add_argument("--bins", type=int, default=20, help="--account: t-bins")
     parser.add_argument("--precond-every", type=int, default=10, help="var_opt +norms: steps between reads of Adam's state")
     parser.add_argument("--strides", type=int, nargs="+", default=[1, 8, 16], help="var_opt: Adam-metric norms of every s-th sample")
     args = parser.parse_args()
@@ -118,6 +125,18 @@ def main() -> None:
             step, ratios = interleaved(train_step, sample_and_update, args.repeats, args.inner, sync)
             med = statistics.median(ratios)
             print(f"{label:<22} {step * 1e3:>8.2f} {med:>12.1%} {min(ratios):>8.1%}-{max(ratios):.1%}")
+    if args.account:
+        per_bin, groups = args.account
+        probes = fresh_probes(bench, args.bins, per_bin, path.t_eps, key=0)
+        for label, adam in (("euclid", False), ("euclid+adam", True)):
+
+            def account(adam=adam) -> None:
+                precond = adam_preconditioner(opt, model) if adam else None
+                variance_record(*measure_variance(model, path, probes, groups=groups, precond=precond, bins_per_pass=4))
+
+            step, ratios = interleaved(train_step, account, args.repeats, 1, sync)
+            print(f"account {label} K={args.bins} per_bin={per_bin} groups={groups}: {statistics.median(ratios):.1f} steps "
+                  f"(range {min(ratios):.1f}-{max(ratios):.1f}), step {step * 1e3:.2f} ms")
 
 
 if __name__ == "__main__":
