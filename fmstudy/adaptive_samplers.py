@@ -97,7 +97,8 @@ class _SecondMoment(_Binned):
         # Rank of each value among this batch's values of its (member, bin), in batch order.
         order = torch.sort(key, stable=True).indices
         key, x = key[order], x[order]
-        count = torch.bincount(key, minlength=m * k)
+        # Counted by index_add_, not bincount, which reads the largest key back to the host on a GPU.
+        count = torch.zeros(m * k, dtype=torch.int64, device=self.device).index_add_(0, key, torch.ones_like(key))
         start = count.cumsum(0) - count
         rank = torch.arange(key.numel(), device=self.device) - start[key]
         keep = rank >= count[key] - n  # only the newest N of a batch survive, as sequentially

@@ -453,3 +453,16 @@ def test_variance_samplers_refuse_bad_options():
         with pytest.raises(ValueError) as err:
             make_sampler(spec, seeds=[0], t_eps=T_EPS)
         assert "\n" not in str(err.value) and all(w in str(err.value) for w in words), str(err.value)
+
+
+@pytest.mark.parametrize("name", ADAPTIVE)
+def test_updates_never_read_a_value_back_to_the_host(name):
+    """On the meta device tensors have no values: .item(), bool(tensor), nonzero, boolean
+    indexing and bincount (whose size is a value) all fail there, so an update that runs on
+    meta tensors cannot synchronise a GPU with the host."""
+    sampler = make_sampler({"name": name, "n_bins": K}, seeds=[0, 1], t_eps=T_EPS, device="meta")
+    per_sample, per_bin = (torch.empty(2, n, dtype=torch.float64, device="meta") for n in (32, K))
+    fields = {f: (per_bin if f.startswith("bin_") else per_sample) for f in vars(Feedback())}
+    for _ in range(2):
+        sampler.update(Feedback(**fields))
+    assert sampler.probs.device.type == "meta"
