@@ -83,7 +83,9 @@ class VarOpt(_Binned):
         self.horizon = check_int("horizon", horizon, 1)
         self.min_samples = check_int("min_samples", min_samples, 2)
         super().__init__(seeds, **kw)
-        self.requires = frozenset({"t", _METRICS[metric][0]})
+        # Neyman also reads ||G_k||^2 from per-bin feedback, which the trainer sends only to
+        # samplers that ask for it.
+        self.requires = frozenset({"t", _METRICS[metric][0]} | ({_METRICS[metric][2]} if neyman else set()))
         zeros = torch.zeros(self.n_members, self.n_bins, dtype=torch.float64, device=self.device)
         self.sums = torch.zeros(4, self.n_members, self.n_bins, dtype=torch.float64, device=self.device)  # n, n2, s1, s2
         self.mean_sq = zeros  # ||G_k||^2 from the latest per-bin feedback (Neyman only)

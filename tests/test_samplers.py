@@ -435,7 +435,7 @@ def test_neyman_and_oracle_allocations_have_their_closed_forms():
         torch.testing.assert_close(s.probs, ref / ref.sum(1, keepdim=True))
     # var_opt_neyman: S from the batch's norms, ||G_k||^2 from the latest per-bin feedback.
     s = make_sampler({"name": "var_opt_neyman", "n_bins": K, "floor": 0.0}, [0, 1], T_EPS)
-    assert s.stratified and s.requires == {"t", "grad_sq_adam"}
+    assert s.stratified and s.requires == {"t", "grad_sq_adam", "bin_grad_mean_sq_adam"}
     mids = (torch.arange(K, dtype=torch.float64) + 0.5) / K * (B - A) + A
     s.update(Feedback(t=mids.repeat(10)[None].expand(2, -1), grad_sq_adam=second.repeat(1, 10)))
     torch.testing.assert_close(s.probs, second.sqrt() / second.sqrt().sum(1, keepdim=True))  # no ||G_k||^2 yet: = q*
