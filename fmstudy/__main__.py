@@ -1,5 +1,9 @@
 """Command line: ``python -m fmstudy grid FILE`` runs a grid, ``python -m fmstudy collect FOLDER``
-merges its results (also installed as the ``fmstudy`` console script)."""
+merges its results (also installed as the ``fmstudy`` console script).
+
+Bad input (a grid file, a flag) exits with status 2 and one line on stderr, before anything runs
+or is written; a grid with failed cells exits 1; Ctrl-C exits 130 without a traceback (rerun the
+same command to resume)."""
 
 from __future__ import annotations
 
@@ -7,11 +11,44 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
+
+MAX_MESSAGE = 400  # characters of an error line
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its usage errors on one line (as every other refusal here)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, _line(f"error: {self.prog}: {message} (see {self.prog} --help)"))
+
+
+def _line(text: str) -> str:
+    text = " ".join(str(text).split())
+    return (text if len(text) <= MAX_MESSAGE else text[: MAX_MESSAGE - 4] + " ...") + "\n"
+
+
+def _pairs(items: list[str], flag: str) -> dict[str, Any]:
+    """``KEY=VALUE`` flags as a mapping, each value read as YAML (60 -> int, gpu -> str, true -> bool)."""
+    import yaml
+
+    from .store import GridError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise GridError(f"{flag} {item[:60]!r} is not allowed: write KEY=VALUE, e.g. {flag} timeout_min=120")
+        try:
+            out[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise GridError(f"{flag} {item[:60]!r} is not allowed: its value is not a YAML scalar (quote it)") from None
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fmstudy", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="fmstudy", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     g = sub.add_parser("grid", help="run every unfinished cell of a grid file")
     g.add_argument("file", help="grid file (YAML), e.g. papermill_params/quick.yaml")
     g.add_argument("--executor", choices=("local", "slurm"), default="local")
@@ -23,44 +60,57 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help="submitit parameter over the grid file's 'slurm' (repeatable), e.g. timeout_min=120 slurm_partition=gpu")
     g.add_argument("--cluster", choices=("slurm", "local", "debug"), default=None,
                    help="submitit backend for --executor slurm (default: Slurm; local/debug run on this machine)")
+    g.add_argument("--limit", action="append", default=[], metavar="NAME=VALUE",
+                   help="raise a resource limit over the grid file's 'limits' (repeatable), e.g. cells=20000 memory_gb=64")
     g.add_argument("--dry-run", action="store_true", help="validate and list the cells, run nothing")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     c = sub.add_parser("collect", help="merge a results folder's cells into one netCDF file")
     c.add_argument("folder")
     c.add_argument("-o", "--output", help="output file (default: FOLDER/collected.nc)")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed on one line
+        return int(done.code or 0)
 
-    import yaml
-
-    from .grid import GridError, collect, is_finished, load_grid, run_grid
-    from .results import write_netcdf
+    from .store import GridError
 
     try:
         if args.command == "grid":
-            slurm = {}
-            for item in args.slurm:
-                key, sep, value = item.partition("=")
-                if not sep or not key:
-                    raise GridError(f"--slurm {item!r} is not allowed: write KEY=VALUE, e.g. timeout_min=120")
-                slurm[key] = yaml.safe_load(value)  # 60 -> int, 'gpu' -> str, true -> bool
-            grid = load_grid(args.file, args.results, args.pages)
+            from .gridfile import load_grid
+            from .store import is_finished
+
+            slurm = _pairs(args.slurm, "--slurm")
+            limits = _pairs(args.limit, "--limit")
+            grid = load_grid(args.file, args.results, args.pages, limits)
             if args.dry_run:
                 for cell in grid.cells:
-                    state = "finished" if is_finished(grid.results, cell.id) else "to run"
+                    state = "finished" if is_finished(grid.results, cell.id, grid.pages) else "to run"
                     print(cell.id, cell.grid, dict(cell.labels), state)
                 print(f"{args.file}: {len(grid.cells)} cells, results in {grid.results}, pages in {grid.pages}")
                 return 0
+            from .runner import run_grid
+
             summary = run_grid(grid, args.executor, args.jobs, args.force, slurm, args.cluster, progress=not args.quiet)
             print(summary.text(grid))
             return 1 if summary.failed else 0
+        from .results import write_netcdf
+        from .store import collect
+
         out = Path(args.output) if args.output else Path(args.folder) / "collected.nc"
         ds = collect(args.folder)
         write_netcdf(ds, out)
         print(f"{args.folder}: {ds.attrs['cells']} cells over axes {ds.attrs['axes']} -> {out}")
         return 0
     except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.write(_line(f"error: {err}"))
         return 2
+    except OSError as err:  # a full disk, a folder that vanished: the filesystem's words, one line
+        where = f": {err.filename}" if err.filename else ""
+        sys.stderr.write(_line(f"error: {err.strerror or err}{where}"))
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: finished cells are kept; run the same command again to resume\n")
+        return 130
 
 
 if __name__ == "__main__":

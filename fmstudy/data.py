@@ -169,9 +169,10 @@ def _int(lo: int, hi: int | None = None, multiple: int = 1) -> Callable[[str, An
     return functools.partial(check_int, lo=lo, hi=hi, multiple=multiple)
 
 
-def _float(lo: float, strict: bool) -> Callable[[str, Any], float]:
-    """A real option's check: finite and ``> lo`` (``strict``) or ``>= lo``."""
-    return functools.partial(check_float, lo=lo, lo_open=strict)
+def _float(lo: float, strict: bool, hi: float = 1e6) -> Callable[[str, Any], float]:
+    """A real option's check: ``> lo`` (``strict``) or ``>= lo``, and at most ``hi``: a finite
+    float64 such as 1e200 is still infinite in the float32 data the models train on."""
+    return functools.partial(check_float, lo=lo, lo_open=strict, hi=hi, why=" (data are float32)")
 
 
 _SEED = ("seed", 0, _int(0, 2**63 - 1))

@@ -14,12 +14,15 @@ run it on. Its keys:
 - keys starting with ``x-``: ignored, a place for YAML anchors (``&name``) that axes reuse; a
   list inside an axis's list (an alias ``*name``) is spliced into it;
 - ``slurm`` (optional): submitit parameters for ``--executor slurm`` (``timeout_min``,
-  ``slurm_partition``, ``gpus_per_node``, ...); ``description`` (optional): free text.
+  ``slurm_partition``, ``gpus_per_node``, ...); ``description`` (optional): free text;
+- ``limits`` (optional): resource limits raised over their defaults (:mod:`fmstudy.gridlimits`).
 
 Every parameter must exist in the notebook's ``parameters`` cell and have the type of its
 default there; benchmarks, samplers and training options are checked by building them. A
 bad file is refused with one line naming the file, the key and what is allowed, before
-anything runs.
+anything runs; so is a file that would exceed a resource limit (cells, steps, sizes, a cell's
+memory). The YAML itself is read with bounds (:mod:`fmstudy.gridyaml`: no alias bombs, no
+duplicate keys).
 
 A cell's id hashes the notebook's name, its complete parameters and fmstudy's version.
 """
@@ -31,6 +34,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -40,11 +44,14 @@ from typing import Any
 import yaml
 
 from . import __version__
+from .checks import check_int
+from .gridlimits import cell_memory_bytes, data_bytes, read_limits
+from .gridyaml import MAX_FILE_BYTES, float_hint, load_yaml, short
 from .store import GridError, label
 
 __all__ = ["Cell", "Grid", "cell_id", "load_grid", "notebook_parameters"]
 
-GRID_KEYS = ("notebook", "description", "fixed", "axes", "grids", "results", "pages", "slurm")
+GRID_KEYS = ("notebook", "description", "fixed", "axes", "grids", "results", "pages", "slurm", "limits")
 SUBGRID_KEYS = ("name", "fixed", "axes")
 RUNNER_PARAMS = ("output", "cell_id")  # injected by the runner into every cell, never set by a grid file
 
@@ -78,16 +85,29 @@ class Grid:
 
 def notebook_parameters(notebook: Path) -> dict[str, Any]:
     """Names and default values of the notebook's cell tagged ``parameters`` (literals only)."""
-    nb = json.loads(notebook.read_text())
-    for cell in nb["cells"]:
-        if "parameters" in cell.get("metadata", {}).get("tags", []):
-            source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-            out = {}
-            for node in ast.parse(source).body:
-                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                    out[node.targets[0].id] = ast.literal_eval(node.value)
-            return out
-    raise GridError(f"{notebook}: no cell tagged 'parameters': a grid notebook needs one")
+    try:
+        nb = json.loads(notebook.read_bytes())
+        cells = nb["cells"]
+        tagged = [c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise GridError(f"{notebook}: not a readable Jupyter notebook (JSON with a list of cells)") from None
+    if not tagged:
+        raise GridError(f"{notebook}: no cell tagged 'parameters': a grid notebook needs one")
+    source = "".join(tagged[0]["source"]) if isinstance(tagged[0].get("source"), list) else str(tagged[0].get("source", ""))
+    out = {}
+    try:
+        body = ast.parse(source).body
+    except (SyntaxError, ValueError):
+        raise GridError(f"{notebook}: its parameters cell is not valid Python") from None
+    for node in body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except (ValueError, TypeError, SyntaxError, RecursionError):
+                raise GridError(
+                    f"{notebook}: parameters cell: {node.targets[0].id} is not a literal: a grid notebook's parameters are "
+                    "plain values (numbers, strings, lists, mappings, None)") from None
+    return out
 
 
 def _type_name(value: Any) -> str:
@@ -96,18 +116,28 @@ def _type_name(value: Any) -> str:
 
 
 def _coerce(where: str, value: Any, default: Any) -> Any:
-    """``value`` in the type of the notebook's default (an int is a float; a sampler's bare name is its mapping)."""
+    """``value`` in the type of the notebook's default (an int is a float; a sampler's bare name
+    is its mapping; a list's items have the type of the default's items, e.g. integer seeds)."""
     if default is None:
         return value
     if isinstance(default, dict) and isinstance(value, str):
         return {"name": value}
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if isinstance(default, float) and isinstance(value, float) and not math.isfinite(value):
+        raise GridError(f"{where}: {value!r} is not allowed: it must be a finite number")
     if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        kinds = {type(d) for d in default}
+        if len(kinds) == 1 and default:
+            for j, item in enumerate(value):
+                if type(item) is not type(default[0]):
+                    raise GridError(f"{where}[{j}]: {short(item)} is {type(item).__name__}: it must be {_type_name(default[0])}"
+                                    f"{float_hint(item)}")
         return list(value)
     if type(value) is type(default):
         return value
-    raise GridError(f"{where}: {value!r} is {type(value).__name__}: it must be {_type_name(default)}")
+    hint = float_hint(value) if isinstance(default, float) else ""
+    raise GridError(f"{where}: {short(value)} is {type(value).__name__}: it must be {_type_name(default)}{hint}")
 
 
 def cell_id(notebook: str, params: Mapping[str, Any]) -> str:
@@ -116,30 +146,71 @@ def cell_id(notebook: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _check_domain(file: Path, cell: Cell, checked: set[str]) -> None:
-    """Build what the cell will build (benchmark, sampler, training options) so bad values fail now."""
+def _one_line(err: BaseException, limit: int = 240) -> str:
+    """An error's message on one line, cut to ``limit`` characters (it may quote a long value)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 4] + " ..."
+
+
+def _over(file: Path, where: str, name: str, value: Any, limits: Mapping[str, float]) -> None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limits[name]:
+        raise GridError(
+            f"{file}: {where}: {name}={short(value)} exceeds the limit {limits[name]:g}: raise it with 'limits: {{{name}: ...}}' "
+            f"in the grid file or --limit {name}=... if you mean it")
+
+
+def _check_domain(file: Path, cell: Cell, checked: dict[str, Any], limits: Mapping[str, float]) -> None:
+    """Build what the cell will build (benchmark, sampler, training options) so bad values fail
+    now, and check it against the resource limits."""
     from .data import ORACLE_BENCHMARKS, benchmark_names, get_benchmark
     from .samplers import make_sampler
+    from .solvers import METHODS
     from .train import TrainConfig
 
-    p, where = cell.params, f"{file}: cell {dict(cell.labels)}"
+    p, where = cell.params, f"cell {short(dict(cell.labels), 160)}"
     if "benchmark" in p and p["benchmark"] not in benchmark_names():
-        raise GridError(f"{file}: benchmark: unknown benchmark {p['benchmark']!r}: known benchmarks are {', '.join(benchmark_names())}")
+        raise GridError(f"{file}: benchmark: unknown benchmark {short(p['benchmark'])}: known benchmarks are {', '.join(benchmark_names())}")
+    for name in ("steps", "batch_size", "n_bins", "probe_per_bin", "hidden", "depth", "eval_samples", "ode_steps"):
+        _over(file, where, name, p.get(name), limits)
+    if isinstance(p.get("seeds"), list):
+        _over(file, where, "members", len(p["seeds"]), limits)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
         cfg = TrainConfig(**{k: v for k, v in p.items() if k in fields})  # TrainConfig makes seeds a tuple
         key = json.dumps([cfg.benchmark, cfg.benchmark_options], sort_keys=True)
         if key not in checked:
-            get_benchmark(cfg.benchmark, **cfg.benchmark_options)
-            checked.add(key)
-        sampler = make_sampler(cfg.sampler, cfg.seeds, cfg.t_eps)
-    except (ValueError, TypeError) as err:
-        raise GridError(f"{where}: {err}") from None
+            need = data_bytes(cfg.benchmark_options)
+            if need > limits["memory_gb"] * 2**30:
+                raise GridError(
+                    f"{file}: {where}: benchmark_options would make about {need / 2**30:.1f} GiB of data, over the limit "
+                    f"{limits['memory_gb']:g} GiB: raise it with 'limits: {{memory_gb: ...}}' or --limit memory_gb=... if you mean it")
+            checked[key] = get_benchmark(cfg.benchmark, **cfg.benchmark_options)
+        bench = checked[key]
+        spec = dict(cfg.sampler)
+        sampler = make_sampler(spec, cfg.seeds, cfg.t_eps)
+        if "n_bins" in spec and spec["n_bins"] != cfg.n_bins:
+            raise ValueError(f"sampler n_bins={short(spec['n_bins'])} is not allowed: adaptive samplers use the run's n_bins={cfg.n_bins}")
+        if "eval_samples" in p:
+            n = len(bench.heldout)
+            check_int("eval_samples", p["eval_samples"], 2, n, why=f" (benchmark {cfg.benchmark!r} has {n} held-out points)")
+        if "ode_steps" in p:
+            check_int("ode_steps", p["ode_steps"], 1)
+        if "ode_method" in p and p["ode_method"] not in METHODS:
+            raise ValueError(f"ode_method={short(p['ode_method'])} is not allowed: ode_method must be one of {', '.join(METHODS)}")
+    except GridError:
+        raise
+    except (ValueError, TypeError, OverflowError) as err:
+        raise GridError(f"{file}: {where}: {_one_line(err)}") from None
     if "bin_excess" in sampler.requires and cfg.benchmark not in ORACLE_BENCHMARKS:
         raise GridError(
             f"{file}: sampler: {sampler.name!r} needs an oracle and benchmark {cfg.benchmark!r} has none: "
             f"oracle benchmarks are {', '.join(ORACLE_BENCHMARKS)}"
         )
+    need = cell_memory_bytes(p, bench.dim, cfg.hidden or bench.model_hidden, cfg.depth or bench.model_depth)
+    if need > limits["memory_gb"] * 2**30:
+        raise GridError(
+            f"{file}: {where}: this cell would need about {need / 2**30:.1f} GiB, over the limit {limits['memory_gb']:g} GiB "
+            "(members x hidden x batch or probe sizes): raise it with 'limits: {memory_gb: ...}' or --limit memory_gb=... if you mean it")
 
 
 def _mapping(file: Path, key: str, value: Any) -> dict[str, Any]:
@@ -147,29 +218,63 @@ def _mapping(file: Path, key: str, value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise GridError(f"{file}: {key}: must be a mapping of parameter names to values, not {type(value).__name__}")
+    for k in value:
+        if not isinstance(k, str):
+            raise GridError(f"{file}: {key}: {short(k)} is not allowed as a name: names are strings")
+        if len(k) > 64:  # no parameter is named so; the name would fill every message that quotes it
+            raise GridError(f"{file}: {key}: unknown parameter {short(k)}: a name of {len(k)} characters (names are short)")
     return value
 
 
-def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None, pages: str | os.PathLike | None = None) -> Grid:
-    """Read, validate and expand a grid file (see the module's docstring); raises :class:`GridError`."""
-    file = Path(file)
-    if not file.is_file():
-        raise GridError(f"{file}: no such grid file")
+def _read(file: Path) -> dict[str, Any]:
+    """The grid file's YAML mapping (bounded: see :mod:`fmstudy.gridyaml`)."""
     try:
-        spec = yaml.safe_load(file.read_text())
-    except yaml.YAMLError as err:
-        raise GridError(f"{file}: not valid YAML: {' '.join(str(err).split())}") from None
+        if not file.is_file():
+            raise GridError(f"{file}: no such grid file")
+        if file.stat().st_size > MAX_FILE_BYTES:
+            raise GridError(f"{file}: {file.stat().st_size} bytes: a grid file is at most {MAX_FILE_BYTES} bytes")
+        text = file.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise GridError(f"{file}: not UTF-8 text (byte {err.start}): a grid file is a UTF-8 YAML file") from None
+    except OSError as err:
+        raise GridError(f"{file}: cannot be read: {err.strerror}") from None
+    try:
+        spec = load_yaml(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise GridError(f"{file}: not valid YAML: {_one_line(err.problem or err.context or err, 160)}{at}") from None
+    except (yaml.YAMLError, ValueError) as err:
+        raise GridError(f"{file}: not valid YAML: {_one_line(err, 160)}") from None
     if not isinstance(spec, dict):
         raise GridError(f"{file}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}")
     for key in spec:
-        if key not in GRID_KEYS and not str(key).startswith("x-"):
-            raise GridError(f"{file}: unknown key {key!r}: allowed keys are {', '.join(GRID_KEYS)} (and x-... for YAML anchors)")
+        if not isinstance(key, str) or (key not in GRID_KEYS and not key.startswith("x-")):
+            raise GridError(f"{file}: unknown key {short(key)}: allowed keys are {', '.join(GRID_KEYS)} (and x-... for YAML anchors)")
+    return spec
+
+
+def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None, pages: str | os.PathLike | None = None,
+              limits: Mapping[str, Any] | None = None) -> Grid:
+    """Read, validate and expand a grid file (see the module's docstring); raises :class:`GridError`.
+    ``limits`` raises resource limits over the file's own ``limits`` (the command line's ``--limit``)."""
+    file = Path(file)
+    spec = _read(file)
+    try:
+        lim = read_limits(f"{file}: limits", spec.get("limits"))
+        lim = read_limits("--limit", {**{k: v for k, v in lim.items()}, **(limits or {})})
+    except ValueError as err:
+        raise GridError(str(err)) from None
     if "notebook" not in spec or not isinstance(spec["notebook"], str):
         raise GridError(f"{file}: notebook: missing: name the parameterised notebook (a path relative to the grid file)")
     here = file.parent
-    notebook = (here / spec["notebook"]).resolve()
-    if not notebook.is_file():
-        raise GridError(f"{file}: notebook: {spec['notebook']!r} does not exist (looked for {notebook})")
+    try:
+        notebook = (here / spec["notebook"]).resolve()
+        found = notebook.is_file()
+    except (OSError, ValueError, RuntimeError):
+        found = False
+    if not found:
+        raise GridError(f"{file}: notebook: {short(spec['notebook'])} does not exist (looked in {here})")
     defaults = notebook_parameters(notebook)
     if ("axes" in spec) == ("grids" in spec):
         raise GridError(f"{file}: give exactly one of 'axes' (one grid) or 'grids' (a list of sub-grids)")
@@ -183,7 +288,7 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
             raise GridError(f"{file}: {where}: {name!r} is set by the runner, not by a grid file")
         if name not in defaults:
             allowed = ", ".join(k for k in defaults if k not in RUNNER_PARAMS)
-            raise GridError(f"{file}: {where}: unknown parameter {name!r}: {notebook.name} takes {allowed}")
+            raise GridError(f"{file}: {where}: unknown parameter {short(name)}: {notebook.name} takes {allowed}")
         return _coerce(f"{file}: {where}", value, defaults[name])
 
     fixed0 = {k: check_param(f"fixed.{k}", k, v) for k, v in top_fixed.items()}
@@ -191,14 +296,19 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
     grid_axes: dict[str, list[str]] = {}
     cells: dict[str, Cell] = {}
     expanded: list[tuple[str, dict[str, Any], list[tuple[str, list[Any]]]]] = []
+    total = 0
     for i, sub in enumerate(subgrids):
         if not isinstance(sub, dict):
             raise GridError(f"{file}: grids[{i}]: must be a mapping with keys {', '.join(SUBGRID_KEYS)}")
         for key in sub:
             if key not in SUBGRID_KEYS:
-                raise GridError(f"{file}: grids[{i}]: unknown key {key!r}: allowed keys are {', '.join(SUBGRID_KEYS)}")
+                raise GridError(f"{file}: grids[{i}]: unknown key {short(key)}: allowed keys are {', '.join(SUBGRID_KEYS)}")
+        if not isinstance(sub.get("name", ""), (str, int)):
+            raise GridError(f"{file}: grids[{i}].name: must be a short string, not {type(sub['name']).__name__}")
         name = str(sub.get("name", f"grid{i}"))
         prefix = "" if "axes" in spec else f"grids[{i}]."
+        if len(name) > 64:
+            raise GridError(f"{file}: {prefix}name: {short(name)} is too long: a sub-grid's name is at most 64 characters")
         fixed = dict(fixed0)
         fixed.update({k: check_param(f"{prefix}fixed.{k}", k, v) for k, v in _mapping(file, f"{prefix}fixed", sub.get("fixed")).items()})
         axes = _mapping(file, f"{prefix}axes", sub.get("axes"))
@@ -209,16 +319,20 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
             if isinstance(values, list) and not isinstance(defaults.get(k), list):  # a nested list (a YAML alias) is spliced in
                 values = [v for item in values for v in (item if isinstance(item, list) else [item])]
             if not isinstance(values, list) or not values:
-                raise GridError(f"{file}: {prefix}axes.{k}: must be a non-empty list of values, not {values!r}")
+                raise GridError(f"{file}: {prefix}axes.{k}: must be a non-empty list of values, not {short(values)}")
             lists.append((k, [check_param(f"{prefix}axes.{k}[{j}]", k, v) for j, v in enumerate(values)]))
             if k not in axis_names:
                 axis_names.append(k)
         if name in grid_axes:
-            raise GridError(f"{file}: {prefix}name: {name!r} names two sub-grids: give each its own name")
+            raise GridError(f"{file}: {prefix}name: {short(name)} names two sub-grids: give each its own name")
+        total += math.prod(len(vals) for _, vals in lists)  # counted before any product is built
+        if total > lim["cells"]:
+            raise GridError(f"{file}: {prefix}axes: the grid has more than {lim['cells']:g} cells ({total} so far): raise the limit "
+                            "with 'limits: {cells: ...}' in the grid file or --limit cells=... if you mean it")
         grid_axes[name] = [k for k, _ in lists]
         expanded.append((name, fixed, lists))
     nb_name = notebook.name
-    checked: set[str] = set()
+    checked: dict[str, Any] = {}
     for name, fixed, lists in expanded:
         for combo in itertools.product(*(vals for _, vals in lists)):
             params = {k: v for k, v in defaults.items() if k not in RUNNER_PARAMS}
@@ -231,11 +345,13 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
                 continue
             # labels over every axis of the file (an axis of one sub-grid is a fixed value in another)
             cell = Cell(cid, params, {k: label(params[k]) for k in axis_names}, (name,))
-            _check_domain(file, cell, checked)
+            _check_domain(file, cell, checked, lim)
             cells[cid] = cell
     for key in ("results", "pages"):
         if key in spec and not isinstance(spec[key], str):
             raise GridError(f"{file}: {key}: must be a folder path relative to the grid file")
+    if not isinstance(spec.get("description", ""), str):
+        raise GridError(f"{file}: description: must be text")
     res = Path(results) if results is not None else here / spec.get("results", f"../results/{file.stem}")
     pag = Path(pages) if pages is not None else here / spec.get("pages", f"../book/runs/{file.stem}")
     slurm = _mapping(file, "slurm", spec.get("slurm"))

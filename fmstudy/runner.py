@@ -13,6 +13,7 @@ import fcntl
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 import traceback
@@ -32,23 +33,35 @@ __all__ = ["Summary", "run_cell", "run_grid"]
 
 @contextlib.contextmanager
 def _claim(results: Path, cid: str) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on the cell's lock file; yields False if another process holds it."""
+    """Hold an exclusive ``flock`` on the cell's lock file; yields False if another process holds it.
+
+    The file is removed when the cell is done, while still locked. A process that opened it
+    just before then holds a lock on a removed file: it sees that the path no longer names the
+    file it locked and starts over on a new one, so two holders never coexist."""
     path = results / "cells" / f"{cid}.lock"
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-    try:
+    while True:
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             yield False
             return
+        try:
+            mine = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            mine = False
+        if mine:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.uname().nodename} {os.getpid()} {time.time():.0f}\n".encode())
-        try:
-            yield True
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
+        yield True
     finally:
+        path.unlink(missing_ok=True)
+        fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
 
@@ -77,20 +90,40 @@ def _decorate_page(path: Path, cell: Cell) -> None:
     atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
 
 
+def _kernel_manager(log: Any) -> type:
+    """A kernel manager whose kernel writes its own stderr into the cell's log. There its lines
+    belong: ipykernel's warning on every start that its localhost TCP sockets are not encrypted,
+    and the errors of a kernel whose client went away (Ctrl-C), which otherwise fill the
+    terminal. (Its transport stays TCP: IPC broke parallel kernels.)"""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:
+            kw.setdefault("stderr", log)
+            await super().start_kernel(**kw)
+
+    return LoggedKernelManager
+
+
 def run_cell(grid: Grid, cell: Cell, force: bool = False) -> dict[str, Any]:
     """Execute one cell unless it is finished or claimed; returns its record (``status`` is ok,
-    failed, skipped or claimed). Never raises for a failure inside the notebook."""
+    failed, skipped or claimed). Never raises for a failure inside the notebook; an interrupt
+    (Ctrl-C) leaves no page or record behind, so the cell simply runs again."""
     import papermill
 
     results, cells_dir = grid.results, grid.results / "cells"
     with _claim(results, cell.id) as mine:
         if not mine:
             return {"id": cell.id, "status": "claimed"}
-        if not force and is_finished(results, cell.id):
+        if not force and is_finished(results, cell.id, grid.pages):
             return {"id": cell.id, "status": "skipped"}
-        for stale in itertools.chain(cells_dir.glob(f".{cell.id}.*"), grid.pages.glob(f".{cell.id}.*")):
-            stale.unlink(missing_ok=True)  # temporary files of a killed run
-        for old in (cells_dir / f"{cell.id}.nc", record_path(results, cell.id)):
+        # temporary files of a killed run: atomic_write's names start with '.' + the final name,
+        # and the running page's own name starts with '.', hence '..<id>.running.json.*.tmp'
+        for folder, pattern in itertools.product((cells_dir, grid.pages), (f".{cell.id}.*", f"..{cell.id}.*")):
+            for stale in folder.glob(pattern):
+                stale.unlink(missing_ok=True)
+        failed_page = cells_dir / f"{cell.id}.failed.ipynb"
+        for old in (cells_dir / f"{cell.id}.nc", record_path(results, cell.id), failed_page):
             old.unlink(missing_ok=True)
         grid.pages.mkdir(parents=True, exist_ok=True)
         # the temporary page has no .ipynb suffix, so a book built meanwhile never picks it up
@@ -100,28 +133,36 @@ def run_cell(grid: Grid, cell: Cell, force: bool = False) -> dict[str, Any]:
             "id": cell.id, "grid_file": str(grid.file), "grid": cell.grid, "notebook": grid.notebook.name,
             "params": dict(cell.params), "labels": dict(cell.labels),
             "grids": list(cell.grids), "grid_axes": {g: grid.grid_axes[g] for g in cell.grids},
-            "page": str(page), "fmstudy_version": __version__, "host": os.uname().nodename,
+            # relative to the results folder, so a moved checkout still finds it (fmstudy.store)
+            "page": os.path.relpath(page, results), "fmstudy_version": __version__, "host": os.uname().nodename,
         }
         tic = time.perf_counter()
         try:
-            with open(log, "w") as out:
+            log.write_text("")
+            with open(log, "a") as out:  # appending: the kernel process writes to it too
                 papermill.execute_notebook(
                     str(grid.notebook), str(tmp_page),
                     parameters={**cell.params, "output": str(cells_dir / f"{cell.id}.nc"), "cell_id": cell.id},
                     progress_bar=False, log_output=True, stdout_file=out, stderr_file=out, cwd=str(grid.notebook.parent),
+                    kernel_manager_class=_kernel_manager(out),
                 )
             _decorate_page(tmp_page, cell)
             os.replace(tmp_page, page)
             record.update(status="ok", seconds=time.perf_counter() - tic)
-        except BaseException as err:
-            failed_page = cells_dir / f"{cell.id}.failed.ipynb"
-            if tmp_page.exists():
-                os.replace(tmp_page, failed_page)
+        except Exception as err:
             lines = str(err).strip().splitlines() or [type(err).__name__]
             record.update(status="failed", seconds=time.perf_counter() - tic, error=f"{type(err).__name__}: {lines[-1]}"[:500],
-                          traceback=traceback.format_exc()[-4000:], log=str(log), failed_page=str(failed_page))
-            if isinstance(err, KeyboardInterrupt):
-                raise
+                          traceback=traceback.format_exc()[-4000:], log=str(log))
+            try:  # keep the executed notebook for the post-mortem; pages may be on another filesystem (EXDEV)
+                if tmp_page.exists():
+                    shutil.move(tmp_page, failed_page)
+                    record["failed_page"] = str(failed_page)
+            except OSError as move_err:
+                record["failed_page"] = f"not kept: {move_err}"
+                tmp_page.unlink(missing_ok=True)
+        except BaseException:  # Ctrl-C, SystemExit: no half-made page; the cell is simply not finished
+            tmp_page.unlink(missing_ok=True)
+            raise
         write_json(record_path(results, cell.id), record)
         return record
 
@@ -159,11 +200,13 @@ class Summary:
 def _init_worker(counter: Any, gpus: list[str], threads: int) -> None:
     """Pin each pool worker to one GPU (round robin) and to its share of the CPU cores (so
     ``jobs`` kernels do not oversubscribe them); the papermill kernel inherits both settings."""
+    import signal
+
     if sys.platform.startswith("linux"):  # die with the grid command, not finish its queue unseen
         import ctypes
-        import signal
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the grid command's to handle (no traceback per worker)
     with counter.get_lock():
         index = counter.value
         counter.value += 1
@@ -180,6 +223,48 @@ def _visible_gpus() -> list[str]:
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _need(module: str, extra: str) -> None:
+    """A one-line refusal when an optional dependency is missing (not an import traceback)."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise GridError(f"fmstudy grid needs {module}, which is not installed: pip install 'fmstudy[{extra}]' (or make install)")
+
+
+def _check_folder(grid: Grid, what: str, folder: Path) -> None:
+    """Refuse, before anything is written, a results or pages folder that is a file or cannot be written."""
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise GridError(f"{grid.file}: {what}: {probe} is a file, not a folder: give a folder path (--{what} or '{what}:' in the grid file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise GridError(f"{grid.file}: {what}: {probe} cannot be written (permissions or a read-only filesystem): give another folder")
+
+
+def _slurm_executor(grid: Grid, slurm: Mapping[str, Any] | None, cluster: str | None) -> Any:
+    """Check the submitit parameters now (in a scratch folder: submitit creates its folder) and
+    return a function that makes the real executor."""
+    import tempfile
+
+    _need("submitit", "slurm")
+    import submitit
+
+    params = {"name": f"fmstudy-{grid.file.stem}", **grid.slurm, **(slurm or {})}
+
+    def make(folder: Path) -> Any:
+        ex = submitit.AutoExecutor(folder=folder, cluster=cluster)
+        try:
+            ex.update_parameters(**params)
+        except (ValueError, TypeError, KeyError, NameError) as err:  # submitit: NameError for an unknown name
+            raise GridError(f"{grid.file}: slurm: {' '.join(str(err).split())[:300]}") from None
+        return ex
+
+    with tempfile.TemporaryDirectory() as scratch:
+        make(Path(scratch) / "slurm")
+    return lambda: make(grid.results / "slurm")
 
 
 def run_grid(
@@ -200,14 +285,22 @@ def run_grid(
     from tqdm import tqdm
 
     if executor not in ("local", "slurm"):
-        raise GridError(f"executor={executor!r} is not allowed: executor must be 'local' or 'slurm'")
+        raise GridError(f"executor={str(executor)[:40]!r} is not allowed: executor must be 'local' or 'slurm'")
     try:
         jobs = check_int("jobs", jobs, 1)
     except ValueError as err:
         raise GridError(str(err)) from None
-    (grid.results / "cells").mkdir(parents=True, exist_ok=True)
+    _need("papermill", "book")
+    make_executor = _slurm_executor(grid, slurm, cluster) if executor == "slurm" else None
+    for what, folder in (("results", grid.results), ("pages", grid.pages)):
+        _check_folder(grid, what, folder)
+    try:
+        (grid.results / "cells").mkdir(parents=True, exist_ok=True)
+        grid.pages.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise GridError(f"{grid.file}: results or pages folder cannot be created: {err.strerror}: {err.filename}") from None
     summary, tic = Summary(), time.perf_counter()
-    todo = [c for c in grid.cells if force or not is_finished(grid.results, c.id)]
+    todo = [c for c in grid.cells if force or not is_finished(grid.results, c.id, grid.pages)]
     summary.skipped = len(grid.cells) - len(todo)
     bar = tqdm(total=len(grid.cells), initial=summary.skipped, unit="cell", disable=not progress, desc=grid.file.name, file=sys.stderr)
     if executor == "local" and jobs == 1:
@@ -220,20 +313,17 @@ def run_grid(
 
         ctx = mp.get_context("spawn")
         pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(ctx.Value("i", 0), _visible_gpus(), max(1, (os.cpu_count() or 1) // jobs)))
-        with pool:
+        try:
             futures = [pool.submit(run_cell, grid, cell, force) for cell in todo]
             for fut in as_completed(futures):
                 summary.add(fut.result())
                 bar.update(1)
+        except BaseException:  # Ctrl-C: queued cells are cancelled; the workers die with this process
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
     else:
-        import submitit
-
-        ex = submitit.AutoExecutor(folder=grid.results / "slurm", cluster=cluster)
-        params = {"name": f"fmstudy-{grid.file.stem}", **grid.slurm, **(slurm or {})}
-        try:
-            ex.update_parameters(**params)
-        except (ValueError, TypeError) as err:
-            raise GridError(f"{grid.file}: slurm: {' '.join(str(err).split())}") from None
+        ex = make_executor()
         jobs_ = ex.map_array(run_cell, [grid] * len(todo), todo, [force] * len(todo)) if todo else []
         if jobs_:
             print(f"submitted {len(jobs_)} cells as job array {jobs_[0].job_id.split('_')[0]} (logs: {grid.results / 'slurm'})", file=sys.stderr)

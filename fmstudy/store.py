@@ -2,9 +2,10 @@
 
 A cell's files in the results folder are ``cells/<id>.nc`` (written by the notebook, atomically),
 ``cells/<id>.json`` (its record: status, parameters, labels, timing, error) and, while it runs,
-``cells/<id>.lock``. A cell is finished only when its record says so, its page exists and its
-netCDF file opens with its id: a partly written or foreign file is never trusted and the cell
-runs again.
+``cells/<id>.lock``. A cell is finished only when its record says so, its page reads as a
+notebook and its netCDF file opens with its id: a partly written or foreign file is never
+trusted and the cell runs again. Records name the page relative to the results folder, so a
+checkout that is moved or renamed still finds its finished cells.
 
 This module sits below the runner and below :mod:`fmstudy.report`: reading results needs
 neither papermill nor the grid file's validation.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from typing import Any
 from . import __version__
 from .results import atomic_write, read_netcdf
 
-__all__ = ["GridError", "collect", "is_finished", "label", "record_path", "write_json"]
+__all__ = ["GridError", "cell_result", "collect", "is_finished", "label", "page_path", "record_path", "write_json"]
 
 
 class GridError(ValueError):
@@ -48,25 +50,76 @@ def write_json(path: Path, obj: Any) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1, sort_keys=True, default=str)))
 
 
-def _finished_result(results: Path, rec: Mapping[str, Any]) -> Any:
-    """The cell's Dataset if it is finished, else None. Finished = its record says ok, its page
-    exists, and its netCDF file opens and carries its id."""
+def page_path(results: Path, rec: Mapping[str, Any], pages: Path | None = None) -> Path:
+    """The cell's page: in ``pages`` when the caller knows the folder (the runner, from the grid
+    file), else where its record says, relative to ``results`` (so a moved or renamed checkout
+    still finds it; records of older versions hold an absolute path)."""
+    if pages is not None:
+        return Path(pages) / f"{rec['id']}.ipynb"
+    page = Path(str(rec["page"]))
+    return page if page.is_absolute() else Path(results) / page
+
+
+def _readable_notebook(path: Path) -> bool:
+    """Whether ``path`` reads as a Jupyter notebook (nbformat when installed, else its JSON shape)."""
     try:
-        if rec.get("status") != "ok" or not Path(rec["page"]).is_file():
-            return None
-        ds = read_netcdf(results / "cells" / f"{rec['id']}.nc")
-        return ds if ds.attrs.get("cell_id") == rec["id"] else None
-    except Exception:  # noqa: BLE001 - missing, truncated or foreign: never trusted, the cell runs again
-        return None
+        import nbformat
+    except ImportError:
+        nbformat = None
+    try:
+        if nbformat is not None:
+            return isinstance(nbformat.read(path, as_version=4).cells, list)
+        nb = json.loads(Path(path).read_bytes())
+        return isinstance(nb, dict) and isinstance(nb.get("cells"), list)
+    except Exception:  # noqa: BLE001 - missing, truncated, not JSON, not a notebook: not a page
+        return False
 
 
-def is_finished(results: Path, cid: str) -> bool:
-    """Whether cell ``cid`` has finished (see :func:`_finished_result`); a partial or foreign file has not."""
+def cell_result(results: Path, rec: Mapping[str, Any], pages: Path | None = None) -> tuple[Any, str]:
+    """``(Dataset, "")`` if the cell is finished, else ``(None, why)``; ``why`` is empty when the
+    record itself does not claim the cell is finished (running, failed). Finished = its record
+    says ok, its page reads as a notebook, and its netCDF file opens and carries its id."""
+    if rec.get("status") != "ok":
+        return None, ""
+    try:
+        page = page_path(results, rec, pages)
+    except (KeyError, TypeError, ValueError):
+        return None, "its record names no page"
+    if not _readable_notebook(page):
+        return None, f"its page {page} is missing or not a readable notebook"
+    path = Path(results) / "cells" / f"{rec['id']}.nc"
+    try:
+        ds = read_netcdf(path)
+    except Exception as err:  # noqa: BLE001 - missing, truncated or foreign: never trusted, the cell runs again
+        return None, f"its result {path} cannot be read ({type(err).__name__})"
+    if ds.attrs.get("cell_id") != rec["id"]:
+        return None, f"its result {path} belongs to another cell"
+    return ds, ""
+
+
+def is_finished(results: Path, cid: str, pages: Path | None = None) -> bool:
+    """Whether cell ``cid`` has finished (see :func:`cell_result`); a partial or foreign file has not.
+    ``pages``: the folder its page must be in (default: where its record says)."""
     try:
         rec = json.loads(record_path(results, cid).read_text())
+        return isinstance(rec, dict) and rec.get("id") == cid and cell_result(results, rec, pages)[0] is not None
     except (OSError, ValueError):
         return False
-    return _finished_result(results, rec) is not None
+
+
+_RECORD_KEYS = {"id": str, "params": dict, "grids": list, "grid_axes": dict, "grid_file": str}
+
+
+def _check_record(path: Path, rec: Any) -> None:
+    """Refuse (one line) a record that claims a finished cell but lacks what collect reads."""
+    for key, kind in _RECORD_KEYS.items():
+        if not isinstance(rec.get(key), kind):
+            raise GridError(f"{path}: not a cell record of fmstudy ({key!r} missing or not a {kind.__name__}): remove it and rerun its grid")
+    if rec["id"] != path.stem:
+        raise GridError(f"{path}: its record is of cell {str(rec['id'])[:40]!r}, not {path.stem!r}: remove it and rerun its grid")
+    for g in rec["grids"]:
+        if not isinstance(rec["grid_axes"].get(g), list):
+            raise GridError(f"{path}: grid_axes has no list of axes for sub-grid {str(g)[:40]!r}: remove it and rerun its grid")
 
 
 # -- collecting ---------------------------------------------------------------------------------
@@ -86,14 +139,23 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
     for path in sorted((folder / "cells").glob("*.json")):
         try:
             rec = json.loads(path.read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError) as err:
+            warnings.warn(f"collect: {path}: skipped, not a readable cell record ({type(err).__name__})", stacklevel=2)
             continue
-        if grid is not None and grid not in rec.get("grids", ()):
+        if not isinstance(rec, dict):
+            warnings.warn(f"collect: {path}: skipped, not a cell record", stacklevel=2)
             continue
-        ds = _finished_result(folder, rec)
-        if ds is not None:
-            records.append(rec)
-            datasets.append(ds)
+        if rec.get("status") != "ok":
+            continue
+        _check_record(path, rec)
+        if grid is not None and grid not in rec["grids"]:
+            continue
+        ds, why = cell_result(folder, rec)
+        if ds is None:  # a corrupt cell is named, never silently dropped
+            warnings.warn(f"collect: cell {rec['id']} skipped: {why}; rerun its grid to redo it", stacklevel=2)
+            continue
+        records.append(rec)
+        datasets.append(ds)
     if not records:
         what = f"of sub-grid {grid!r} " if grid else ""
         raise GridError(f"{folder}: no finished cells {what}to collect (run `python -m fmstudy grid FILE` first)")
@@ -119,7 +181,10 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
         ds = ds.assign({k: xr.Variable((), v) for k, v in extra.items()})
         ds.attrs = {}
         parts.append(ds.expand_dims({a: [float(lab[a]) if numeric[a] else str(lab[a])] for a in axes}))
-    merged = xr.merge(parts, join="outer", combine_attrs="drop", compat="no_conflicts")
+    try:
+        merged = xr.merge(parts, join="outer", combine_attrs="drop", compat="no_conflicts")
+    except (ValueError, TypeError) as err:  # xarray's MergeError is a ValueError
+        raise GridError(f"{folder}: its cells cannot be merged ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     for name in ("cell_id", "device"):  # a combination not run is "" (NaN cannot live in a string variable)
         merged[name] = merged[name].fillna("").astype(str)
     merged.attrs = {

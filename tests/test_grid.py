@@ -5,6 +5,7 @@ cell costs only a kernel start; one test runs the real smoke grid end to end."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -272,3 +273,209 @@ def test_every_profile_has_the_sub_grids_the_chapters_read():
         spec = yaml.safe_load((ROOT / "papermill_params" / f"{profile}.yaml").read_text())
         names = {g["name"] for g in spec["grids"]}
         assert wanted <= names, (profile, wanted - names)
+
+
+# -- hardening: filesystems, interrupts, corrupt files ----------------------------------------------
+def _other_filesystem(tmp_path: Path) -> Path | None:
+    """A folder on another filesystem than ``tmp_path``: /dev/shm when it is one, else a tmpfs
+    mounted for the test (root only); None when neither is possible."""
+    shm = Path("/dev/shm")
+    if shm.is_dir() and os.access(shm, os.W_OK) and shm.stat().st_dev != tmp_path.stat().st_dev:
+        import tempfile
+
+        return Path(tempfile.mkdtemp(dir=shm, prefix="fmstudy-test-"))
+    where = tmp_path / "tmpfs"
+    where.mkdir()
+    if os.geteuid() == 0 and subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(where)]).returncode == 0:
+        return where
+    return None
+
+
+def test_a_failing_cell_with_pages_on_another_filesystem_is_recorded(tmp_path, capsys):
+    """os.replace across filesystems raises EXDEV: the failed page is moved by copying, the
+    failure is recorded and the other cells run."""
+    import shutil
+
+    other = _other_filesystem(tmp_path)
+    if other is None:
+        pytest.skip("no second filesystem (no /dev/shm, not root)")
+    try:
+        assert other.stat().st_dev != tmp_path.stat().st_dev
+        path = write_grid(tmp_path, {"axes": {"fail": [True, False]}, "pages": str(other / "pages")})
+        assert main(["grid", str(path), "--quiet"]) == 1
+        out = capsys.readouterr().out
+        assert "1 ran" in out and "1 failed" in out and "planted failure" in out
+        grid = load_grid(path)
+        bad = next(c for c in grid.cells if c.params["fail"])
+        good = next(c for c in grid.cells if not c.params["fail"])
+        rec = json.loads((grid.results / "cells" / f"{bad.id}.json").read_text())
+        assert rec["status"] == "failed" and Path(rec["failed_page"]).is_file()
+        assert is_finished(grid.results, good.id, grid.pages) and (other / "pages" / f"{good.id}.ipynb").is_file()
+        assert not list((other / "pages").glob(".*"))  # the failed cell's temporary page is gone
+    finally:
+        if other.parent == Path("/dev/shm"):
+            shutil.rmtree(other, ignore_errors=True)
+        else:
+            subprocess.run(["umount", str(other)], check=False)
+
+
+def test_a_moved_checkout_still_finds_its_finished_cells(tmp_path, capsys):
+    import shutil
+
+    (tmp_path / "a").mkdir()
+    spec = {"notebook": str(TINY), "axes": {"sigma": [0.0, 1.0]}, "results": "results", "pages": "book/pages"}
+    (tmp_path / "a" / "grid.yaml").write_text(yaml.safe_dump(spec))
+    assert main(["grid", str(tmp_path / "a" / "grid.yaml"), "--quiet"]) == 0
+    shutil.move(tmp_path / "a", tmp_path / "b")  # the checkout is moved (or renamed)
+    grid = load_grid(tmp_path / "b" / "grid.yaml")
+    assert all(is_finished(grid.results, c.id, grid.pages) for c in grid.cells)
+    assert all(is_finished(grid.results, c.id) for c in grid.cells)  # from the record alone too
+    assert collect(grid.results).attrs["cells"] == 2
+    capsys.readouterr()
+    assert main(["grid", str(tmp_path / "b" / "grid.yaml"), "--quiet"]) == 0
+    assert "0 ran, 2 already finished" in capsys.readouterr().out
+
+
+def test_a_garbage_page_is_rerun(tmp_path, capsys):
+    path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0]}})
+    assert main(["grid", str(path), "--quiet"]) == 0
+    grid = load_grid(path)
+    page = grid.pages / f"{grid.cells[0].id}.ipynb"
+    page.write_text("garbage, not a notebook")
+    assert not is_finished(grid.results, grid.cells[0].id, grid.pages)
+    assert not is_finished(grid.results, grid.cells[0].id)
+    with pytest.warns(UserWarning, match=grid.cells[0].id):
+        assert collect(grid.results).attrs["cells"] == 1
+    capsys.readouterr()
+    assert main(["grid", str(path), "--quiet"]) == 0
+    assert "1 ran, 1 already finished" in capsys.readouterr().out
+    import nbformat
+
+    assert nbformat.read(page, as_version=4).cells  # a real notebook again
+
+
+def test_collect_names_a_corrupt_cell_and_refuses_a_malformed_record(tmp_path):
+    grid = load_grid(write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0, 2.0]}}))
+    assert not run_grid(grid, progress=False).failed
+    cells = grid.results / "cells"
+    corrupt = grid.cells[0].id
+    (cells / f"{corrupt}.nc").write_bytes(b"\x89HDF\r\n\x1a\n truncated")
+    with pytest.warns(UserWarning, match=f"cell {corrupt} skipped: its result .* cannot be read"):
+        ds = collect(grid.results)
+    assert ds.attrs["cells"] == 2 and corrupt not in set(ds.cell_id.values)
+    (cells / "0000000000000000.json").write_text("{not json")
+    with pytest.warns(UserWarning, match="0000000000000000.json: skipped"):
+        collect(grid.results)
+    rec = json.loads((cells / f"{grid.cells[1].id}.json").read_text())
+    del rec["grid_axes"]
+    (cells / f"{grid.cells[1].id}.json").write_text(json.dumps(rec))
+    with pytest.raises(GridError, match=r"not a cell record of fmstudy \('grid_axes' missing") as err, pytest.warns(UserWarning):
+        collect(grid.results)
+    assert "\n" not in str(err.value) and grid.cells[1].id in str(err.value)
+
+
+def test_leftovers_of_a_kill_are_removed_and_lock_files_go_with_their_cell(tmp_path):
+    grid = load_grid(write_grid(tmp_path, {"axes": {"sigma": [0.0]}}))
+    cid = grid.cells[0].id
+    grid.pages.mkdir(parents=True)
+    (grid.results / "cells").mkdir(parents=True)
+    # what a kill during the page's decoration leaves: atomic_write's temporary beside the running page
+    leftovers = [grid.pages / f"..{cid}.running.json.abc123.tmp", grid.pages / f".{cid}.running.json",
+                 grid.results / "cells" / f".{cid}.nc.x1y2.tmp", grid.results / "cells" / f"..{cid}.json.q.tmp"]
+    for p in leftovers:
+        p.write_text("partial")
+    assert run_grid(grid, progress=False).ran == 1
+    assert not [p for p in leftovers if p.exists()]
+    assert not list((grid.results / "cells").glob("*.lock"))  # a lock only while its cell runs
+
+
+def test_results_and_pages_follow_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        grid = load_grid(write_grid(tmp_path, {"axes": {"sigma": [0.0]}}))
+        assert run_grid(grid, progress=False).ran == 1
+    finally:
+        os.umask(old)
+    cid = grid.cells[0].id
+    for p in (grid.results / "cells" / f"{cid}.nc", grid.results / "cells" / f"{cid}.json", grid.pages / f"{cid}.ipynb"):
+        assert p.stat().st_mode & 0o777 == 0o644, (p, oct(p.stat().st_mode))
+
+
+def test_kernels_do_not_print_the_tcp_warning(tmp_path, capfd):
+    assert main(["grid", str(write_grid(tmp_path, {"axes": {"sigma": [0.0]}})), "--quiet"]) == 0
+    err = capfd.readouterr().err
+    assert "without encryption" not in err and "Traceback" not in err
+
+
+def test_ctrl_c_leaves_no_traceback_no_failed_page_and_resumes(tmp_path):
+    path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0, 2.0]}, "fixed": {"sleep": 3.0}})
+    proc = subprocess.Popen([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cells = tmp_path / "results" / "cells"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cells.glob("*.json"))) < 1:
+        time.sleep(0.2)
+    time.sleep(1.0)  # into the second cell's sleep
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err and "interrupted" in err
+    assert not list(cells.glob("*.failed.ipynb")) and not list(cells.glob("*.lock"))
+    assert not list((tmp_path / "pages").glob(".*"))
+    grid = load_grid(path)
+    summary = run_grid(grid, progress=False)
+    assert not summary.failed and summary.ran + summary.skipped == 3 and summary.ran >= 1
+    assert all(is_finished(grid.results, c.id, grid.pages) for c in grid.cells)
+    assert not list(cells.glob("*.failed.ipynb"))
+
+
+def test_a_later_success_removes_the_failed_page(tmp_path):
+    path = write_grid(tmp_path, {"axes": {"sigma": [0.0]}, "fixed": {"fail": True}})
+    grid = load_grid(path)
+    assert len(run_grid(grid, progress=False).failed) == 1
+    cid = grid.cells[0].id
+    failed = grid.results / "cells" / f"{cid}.failed.ipynb"
+    assert failed.exists()
+    # the same cell made to succeed: the grid's notebook fails no more (a fixed bug), same id
+    import shutil
+
+    fixed_nb = tmp_path / "tiny_cell.ipynb"
+    shutil.copy(TINY, fixed_nb)
+    fixed_nb.write_text(fixed_nb.read_text().replace('raise RuntimeError(\\"planted failure\\")', "pass"))
+    assert fixed_nb.read_text() != TINY.read_text()
+    grid2 = load_grid(write_grid(tmp_path, {"notebook": str(fixed_nb), "axes": {"sigma": [0.0]}, "fixed": {"fail": True}}, "g2.yaml"))
+    assert grid2.cells[0].id == cid
+    assert run_grid(grid2, progress=False, force=True).ran == 1
+    assert is_finished(grid.results, cid, grid.pages) and not failed.exists()
+
+
+def test_limits_can_be_raised_in_the_file_or_on_the_command_line(tmp_path, capsys):
+    axes = {"sigma": [0.1 * i for i in range(10)], "lr": [0.01 * (i + 1) for i in range(10)]}
+    path = write_grid(tmp_path, {"axes": axes, "limits": {"cells": 50}})
+    assert main(["grid", str(path), "--dry-run"]) == 2
+    assert "more than 50 cells" in capsys.readouterr().err
+    assert main(["grid", str(path), "--dry-run", "--limit", "cells=100"]) == 0
+    assert "100 cells" in capsys.readouterr().out
+    assert len(load_grid(write_grid(tmp_path, {"axes": axes, "limits": {"cells": 100}}, "g2.yaml")).cells) == 100
+    big = write_grid(tmp_path, {"axes": {"steps": [2_000_000]}}, "g3.yaml")
+    assert main(["grid", str(big), "--dry-run"]) == 2 and "--limit steps=" in capsys.readouterr().err
+    assert main(["grid", str(big), "--dry-run", "--limit", "steps=3000000"]) == 0
+
+
+def test_a_full_disk_gives_one_line(tmp_path):
+    full = tmp_path / "full"
+    full.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(full)]).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        (full / "results" / "cells").mkdir(parents=True)
+        with open(full / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):  # fill it
+            while True:
+                f.write(b"\0" * 4096)
+        path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0]}, "results": str(full / "results")})
+        proc = subprocess.run([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet"], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode in (1, 2) and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+        if proc.returncode == 2:
+            assert proc.stderr.count("\n") == 1 and "No space left on device" in proc.stderr
+    finally:
+        subprocess.run(["umount", str(full)], check=False)
