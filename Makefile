@@ -34,7 +34,9 @@ RESULTS := $(CURDIR)/results/$(PROFILE)
 
 book: install
 	$(PY) -m fmstudy grid papermill_params/$(PROFILE).yaml --jobs $(JOBS)
-	@test -f $(RESULTS)/throughput.json || $(PY) benchmarks/throughput.py $(THROUGHPUT_ARGS_$(PROFILE)) --json $(RESULTS)/throughput.json
+	@# the measurement takes minutes and prints its table at the end: say so first, unbuffered (-u) so a log shows it as it comes
+	@test -f $(RESULTS)/throughput.json || { echo "Measuring the engine's throughput once (benchmarks/throughput.py, several configurations x 3 interleaved rounds: a few minutes; kept in $(RESULTS)/throughput.json) ..."; \
+		$(PY) -u benchmarks/throughput.py $(THROUGHPUT_ARGS_$(PROFILE)) --json $(RESULTS)/throughput.json; }
 	@# the book shows this profile's run pages only: the others' folders are excluded in a copy of _config.yml
 	$(PY) -c "import yaml; c = yaml.safe_load(open('_config.yml')); c['exclude_patterns'] += ['runs/' + p + '/*' for p in ('smoke', 'quick', 'full') if p != '$(PROFILE)']; yaml.safe_dump(c, open('book/_config.$(PROFILE).yml', 'w'))"
 	FMSTUDY_PROFILE=$(PROFILE) FMSTUDY_RESULTS=$(CURDIR)/results $(VENV)/bin/jupyter-book build book/ --config book/_config.$(PROFILE).yml --all -W --keep-going
