@@ -268,16 +268,18 @@ def variance_record(
     (:func:`fmstudy.variance.account_with_errors`, ``[M]`` each) under ``var_`` (Euclidean) and
     ``var_adam_`` (Adam's metric), the pooled per-bin moments ``[M, K]`` under the
     :class:`~fmstudy.samplers.Feedback` names (``bin_grad_sq``, ``bin_grad_mean_sq`` and their
-    ``_adam`` twins) and the within-bin spread ``bin_grad_noise(_adam)``. ``proposals``: name ->
+    ``_adam`` twins) and the within-bin spread ``bin_grad_noise(_adam)``, each with ``_se``
+    (standard deviation over the R independent groups / sqrt(R)). ``proposals``: name ->
     bin masses ``[M, K]`` (e.g. the run's current ``sampler.bin_mass(edges)``)."""
     out: dict[str, Tensor] = {}
     for suffix, moments in (("", euclid), ("_adam", adam)):
         if moments is None:
             continue
-        pooled = moments.pooled()
-        out[f"bin_grad_sq{suffix}"] = pooled["second"]
-        out[f"bin_grad_mean_sq{suffix}"] = pooled["mean_sq"]
-        out[f"bin_grad_noise{suffix}"] = pooled["noise"]
+        r = moments.groups
+        for name, field in (("bin_grad_sq", "second"), ("bin_grad_mean_sq", "mean_sq"), ("bin_grad_noise", "noise")):
+            values = getattr(moments, field)  # [R, M, K]: independent groups, so se = sd / sqrt(R)
+            out[name + suffix] = values.mean(0)
+            out[f"{name}{suffix}_se"] = values.std(0) / r**0.5
         prefix = "var_adam_" if suffix else "var_"
         for name, value in account_with_errors(moments, proposals).items():
             out[prefix + name] = value

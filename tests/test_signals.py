@@ -163,4 +163,5 @@ def test_measured_account_predicts_the_minibatch_gradient_variance(proposal):
     mc_se = float(per_draw.std()) / math.sqrt(draws)
     assert abs(float(mc) - predicted) < 4 * math.sqrt(se**2 + mc_se**2), (float(mc), predicted, se, mc_se)
     assert se < 0.1 * predicted and mc_se < 0.1 * predicted  # resolved: the check has teeth
-    assert {"bin_grad_sq", "bin_grad_mean_sq", "var_ceiling", "var_ceiling_se", "var_gain_q"} <= set(rec)
+    assert {"bin_grad_sq", "bin_grad_mean_sq", "var_ceiling", "var_ceiling_se", "var_gain_q", "bin_grad_sq_se"} <= set(rec)
+    torch.testing.assert_close(rec["bin_grad_sq_se"], euclid.second.std(0) / math.sqrt(8))
