@@ -296,13 +296,15 @@ def per_sample_grad_sq_adam(
 def adam_preconditioner(optimizer: torch.optim.Optimizer, model: VelocityEnsemble) -> tuple[list[Tensor], list[Tensor]]:
     """Adam's current diagonal preconditioner ``P = 1 / (sqrt(v_hat) + eps)`` for the model's
     weights and biases, ``v_hat = exp_avg_sq / (1 - beta2^step)`` (``max_exp_avg_sq`` with
-    amsgrad), read from ``optimizer.state``: the metric in which Adam's step is a gradient
+    amsgrad), read from ``optimizer.state`` (``torch.optim.Adam`` or :class:`fmstudy.adam.EnsembleAdam`,
+    which mirrors that layout): the metric in which Adam's step is a gradient
     step, ``theta <- theta - lr P m_hat``. Returns ``(P_W per layer, P_b per layer)``.
     Before Adam's first step there is no ``v``, and that is a ``ValueError``."""
     groups = {id(q): g for g in optimizer.param_groups for q in g["params"]}
+    states = optimizer.state  # read once: an optimiser may build it on access (fmstudy.adam)
 
     def one(param: Tensor) -> Tensor:
-        state = optimizer.state.get(param, {})
+        state = states.get(param, {})
         if id(param) not in groups or "exp_avg_sq" not in state:
             raise ValueError("optimizer state without exp_avg_sq is not allowed: take one Adam step before reading its preconditioner")
         group = groups[id(param)]

@@ -381,3 +381,28 @@ def test_per_sample_grad_sq_adam_matches_explicit_gradients():
         ref = sum((per[k].pow(2) * diag[k]).flatten(1).sum(1) for k in per)
         torch.testing.assert_close(got[i], ref, rtol=1e-10, atol=1e-12)
         assert not torch.allclose(got[i], per_sample_grad_sq(trace, deltas)[i])  # the metric matters
+
+
+def test_adam_preconditioner_reads_the_ensemble_adam_too():
+    """fmstudy.adam.EnsembleAdam mirrors torch's state layout: the same gradients give the same P."""
+    from fmstudy.adam import EnsembleAdam, FlatParams
+    from fmstudy.models import adam_preconditioner
+
+    cfg = MLPConfig(dim=2, hidden=8, depth=2, n_freqs=2)
+    ours, ref = VelocityEnsemble(cfg, seeds=[0, 1]).double(), VelocityEnsemble(cfg, seeds=[0, 1]).double()
+    flat = FlatParams(ours)
+    opt = EnsembleAdam(flat, lr=[1e-2, 1e-2], betas=(0.8, 0.9), eps=1e-6)
+    torch_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, betas=(0.8, 0.9), eps=1e-6)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 5, 2, generator=g, dtype=torch.float64), torch.rand(2, 5, generator=g, dtype=torch.float64)
+    for _ in range(2):
+        for model, o in ((ours, opt), (ref, torch_opt)):
+            if o is opt:
+                flat.grad.zero_()
+                flat.seat_grads()
+            else:
+                o.zero_grad()
+            (model(x, t) ** 2).mean(-1).sum().backward()
+            o.step([1.0], torch.ones(2, dtype=torch.bool)) if o is opt else o.step()
+    for a, b in zip(sum(adam_preconditioner(opt, ours), []), sum(adam_preconditioner(torch_opt, ref), [])):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=0)
