@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as err:  # a full disk, a folder that vanished: the filesystem's words, one line
         where = f": {err.filename}" if err.filename else ""
-        sys.stderr.write(_line(f"error: {err.strerror or err}{where}"))
+        what = f"{args.file}: " if args.command == "grid" else f"{args.folder}: "
+        sys.stderr.write(_line(f"error: {what}{err.strerror or err}{where} (finished cells are kept)"))
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: finished cells are kept; run the same command again to resume\n")

@@ -15,7 +15,7 @@ run it on. Its keys:
   list inside an axis's list (an alias ``*name``) is spliced into it;
 - ``slurm`` (optional): submitit parameters for ``--executor slurm`` (``timeout_min``,
   ``slurm_partition``, ``gpus_per_node``, ...); ``description`` (optional): free text;
-- ``limits`` (optional): resource limits raised over their defaults (:mod:`fmstudy.gridlimits`).
+- ``limits`` (optional): resource limits raised over their defaults (:mod:`fmstudy.gridcheck`).
 
 Every parameter must exist in the notebook's ``parameters`` cell and have the type of its
 default there; benchmarks, samplers and training options are checked by building them. A
@@ -44,8 +44,7 @@ from typing import Any
 import yaml
 
 from . import __version__
-from .checks import check_int
-from .gridlimits import cell_memory_bytes, data_bytes, read_limits
+from .gridcheck import check_cell, one_line, read_limits
 from .gridyaml import MAX_FILE_BYTES, float_hint, load_yaml, short
 from .store import GridError, label
 
@@ -146,73 +145,6 @@ def cell_id(notebook: str, params: Mapping[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _one_line(err: BaseException, limit: int = 240) -> str:
-    """An error's message on one line, cut to ``limit`` characters (it may quote a long value)."""
-    text = " ".join(str(err).split())
-    return text if len(text) <= limit else text[: limit - 4] + " ..."
-
-
-def _over(file: Path, where: str, name: str, value: Any, limits: Mapping[str, float]) -> None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limits[name]:
-        raise GridError(
-            f"{file}: {where}: {name}={short(value)} exceeds the limit {limits[name]:g}: raise it with 'limits: {{{name}: ...}}' "
-            f"in the grid file or --limit {name}=... if you mean it")
-
-
-def _check_domain(file: Path, cell: Cell, checked: dict[str, Any], limits: Mapping[str, float]) -> None:
-    """Build what the cell will build (benchmark, sampler, training options) so bad values fail
-    now, and check it against the resource limits."""
-    from .data import ORACLE_BENCHMARKS, benchmark_names, get_benchmark
-    from .samplers import make_sampler
-    from .solvers import METHODS
-    from .train import TrainConfig
-
-    p, where = cell.params, f"cell {short(dict(cell.labels), 160)}"
-    if "benchmark" in p and p["benchmark"] not in benchmark_names():
-        raise GridError(f"{file}: benchmark: unknown benchmark {short(p['benchmark'])}: known benchmarks are {', '.join(benchmark_names())}")
-    for name in ("steps", "batch_size", "n_bins", "probe_per_bin", "hidden", "depth", "eval_samples", "ode_steps"):
-        _over(file, where, name, p.get(name), limits)
-    if isinstance(p.get("seeds"), list):
-        _over(file, where, "members", len(p["seeds"]), limits)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    try:
-        cfg = TrainConfig(**{k: v for k, v in p.items() if k in fields})  # TrainConfig makes seeds a tuple
-        key = json.dumps([cfg.benchmark, cfg.benchmark_options], sort_keys=True)
-        if key not in checked:
-            need = data_bytes(cfg.benchmark_options)
-            if need > limits["memory_gb"] * 2**30:
-                raise GridError(
-                    f"{file}: {where}: benchmark_options would make about {need / 2**30:.1f} GiB of data, over the limit "
-                    f"{limits['memory_gb']:g} GiB: raise it with 'limits: {{memory_gb: ...}}' or --limit memory_gb=... if you mean it")
-            checked[key] = get_benchmark(cfg.benchmark, **cfg.benchmark_options)
-        bench = checked[key]
-        spec = dict(cfg.sampler)
-        sampler = make_sampler(spec, cfg.seeds, cfg.t_eps)
-        if "n_bins" in spec and spec["n_bins"] != cfg.n_bins:
-            raise ValueError(f"sampler n_bins={short(spec['n_bins'])} is not allowed: adaptive samplers use the run's n_bins={cfg.n_bins}")
-        if "eval_samples" in p:
-            n = len(bench.heldout)
-            check_int("eval_samples", p["eval_samples"], 2, n, why=f" (benchmark {cfg.benchmark!r} has {n} held-out points)")
-        if "ode_steps" in p:
-            check_int("ode_steps", p["ode_steps"], 1)
-        if "ode_method" in p and p["ode_method"] not in METHODS:
-            raise ValueError(f"ode_method={short(p['ode_method'])} is not allowed: ode_method must be one of {', '.join(METHODS)}")
-    except GridError:
-        raise
-    except (ValueError, TypeError, OverflowError) as err:
-        raise GridError(f"{file}: {where}: {_one_line(err)}") from None
-    if "bin_excess" in sampler.requires and cfg.benchmark not in ORACLE_BENCHMARKS:
-        raise GridError(
-            f"{file}: sampler: {sampler.name!r} needs an oracle and benchmark {cfg.benchmark!r} has none: "
-            f"oracle benchmarks are {', '.join(ORACLE_BENCHMARKS)}"
-        )
-    need = cell_memory_bytes(p, bench.dim, cfg.hidden or bench.model_hidden, cfg.depth or bench.model_depth)
-    if need > limits["memory_gb"] * 2**30:
-        raise GridError(
-            f"{file}: {where}: this cell would need about {need / 2**30:.1f} GiB, over the limit {limits['memory_gb']:g} GiB "
-            "(members x hidden x batch or probe sizes): raise it with 'limits: {memory_gb: ...}' or --limit memory_gb=... if you mean it")
-
-
 def _mapping(file: Path, key: str, value: Any) -> dict[str, Any]:
     if value is None:
         return {}
@@ -243,9 +175,9 @@ def _read(file: Path) -> dict[str, Any]:
     except yaml.MarkedYAMLError as err:
         mark = err.problem_mark or err.context_mark
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise GridError(f"{file}: not valid YAML: {_one_line(err.problem or err.context or err, 160)}{at}") from None
+        raise GridError(f"{file}: not valid YAML: {one_line(err.problem or err.context or err, 160)}{at}") from None
     except (yaml.YAMLError, ValueError) as err:
-        raise GridError(f"{file}: not valid YAML: {_one_line(err, 160)}") from None
+        raise GridError(f"{file}: not valid YAML: {one_line(err, 160)}") from None
     if not isinstance(spec, dict):
         raise GridError(f"{file}: a grid file is a mapping with keys {', '.join(GRID_KEYS)}")
     for key in spec:
@@ -345,7 +277,7 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
                 continue
             # labels over every axis of the file (an axis of one sub-grid is a fixed value in another)
             cell = Cell(cid, params, {k: label(params[k]) for k in axis_names}, (name,))
-            _check_domain(file, cell, checked, lim)
+            check_cell(file, cell, checked, lim)
             cells[cid] = cell
     for key in ("results", "pages"):
         if key in spec and not isinstance(spec[key], str):
