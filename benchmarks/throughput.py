@@ -2,13 +2,17 @@
 
 The naive loop is what flow-matching examples usually do: one model, one optimiser step per
 Python iteration, fresh data each step. The engine trains M seeds as one batched ensemble.
-Both run in one run of this script, one after the other, on the same device, benchmark and
-model size; each configuration runs in a fresh subprocess, so that its peak memory (CPU: max
-RSS; GPU: max allocated) is its own. The result is aggregate model-steps per second and its
-ratio to the naive loop.
+Both run in one run of this script on the same device, benchmark and model size; each
+measurement runs in a fresh subprocess, so that its peak memory (CPU: max RSS; GPU: max
+allocated) is its own. Shared machines are noisy, so the configurations are interleaved
+(A B C ... A B C ...) ``--repeats`` times and each is reported as the median with its range
+(min-max) over the repeats; the ratios to the naive loop are ratios of medians, with the
+range of the per-round ratios. ``--baseline-tree DIR`` adds the same engine configurations run
+from another copy of the package (e.g. an older commit's ``fmstudy/`` extracted to DIR), to
+measure a change before and after in the same interleaved rounds.
 
     python benchmarks/throughput.py [--device cpu|cuda] [--members 64] [--steps 200]
-        [--benchmark gmm8] [--batch 256]
+        [--benchmark gmm8] [--batch 256] [--repeats 3] [--baseline-tree DIR] [--engine-only]
 
 Issue 4's targets: on a GPU at least 100x the naive loop with the uniform sampler and 50x
 with an adaptive sampler and the default diagnostics cadence; on a CPU at least 2x.
@@ -111,9 +115,18 @@ def _child(spec: dict) -> None:
     print(json.dumps(out))
 
 
-def measure(spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=True)
+def measure(spec: dict, tree: str | None = None) -> dict:
+    env = dict(os.environ)
+    if tree:  # that copy of fmstudy is imported first
+        env["PYTHONPATH"] = os.pathsep.join([tree, *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True, check=True, env=env)
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _median(values: list[float]) -> float:
+    v = sorted(values)
+    n = len(v)
+    return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
 def main() -> None:
@@ -123,6 +136,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--benchmark", default="gmm8")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all configurations (median and range reported)")
+    parser.add_argument("--baseline-tree", help="also run the engine from this copy of the package (a folder holding fmstudy/)")
+    parser.add_argument("--engine-only", action="store_true", help="leave out the naive loop")
+    parser.add_argument("--only", help="engine configurations to run, comma-separated: uniform, uniform+diagnostics, grad_norm+diagnostics, info_snr+diagnostics")
     parser.add_argument("--json", help="also write the measurements to this JSON file (the book's cost chapter reads it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -131,20 +148,49 @@ def main() -> None:
         return
     members = args.members or (1024 if torch.device(args.device).type == "cuda" else 64)
     common = {"benchmark": args.benchmark, "batch": args.batch, "device": args.device}
-    base = measure({"kind": "naive", "steps": args.steps * 5, **common})
-    rows = [("naive eager loop, 1 model", base)]
-    for sampler, diag in (("uniform", False), ("uniform", True), ("grad_norm", True), ("info_snr", True)):
-        res = measure({"kind": "engine", "steps": args.steps, "members": members, "sampler": sampler, "diagnostics": diag, **common})
-        rows.append((f"engine M={members} {sampler}{' + diagnostics' if diag else ''}", res))
-    print(f"device={args.device} benchmark={args.benchmark} batch={args.batch} torch={torch.__version__}")
+    configs: list[tuple[str, dict, str | None]] = []
+    if not args.engine_only:
+        configs.append(("naive eager loop, 1 model", {"kind": "naive", "steps": args.steps * 5, **common}, None))
+    samplers = (("uniform", False), ("uniform", True), ("grad_norm", True), ("info_snr", True))
+    if args.only:  # e.g. --only uniform,grad_norm+diagnostics
+        keep = set(args.only.split(","))
+        samplers = tuple((s, d) for s, d in samplers if (f"{s}+diagnostics" if d else s) in keep)
+    trees = [(None, "")] + ([(args.baseline_tree, " [baseline]")] if args.baseline_tree else [])
+    for sampler, diag in samplers:
+        for tree, tag in trees:
+            spec = {"kind": "engine", "steps": args.steps, "members": members, "sampler": sampler, "diagnostics": diag, **common}
+            configs.append((f"engine M={members} {sampler}{' + diagnostics' if diag else ''}{tag}", spec, tree))
+    runs: dict[str, list[dict]] = {name: [] for name, _, _ in configs}
+    for _ in range(args.repeats):  # interleaved: A B C ... A B C ...
+        for name, spec, tree in configs:
+            runs[name].append(measure(dict(spec), tree))
+    print(f"device={args.device} benchmark={args.benchmark} batch={args.batch} torch={torch.__version__} repeats={args.repeats}")
     # "whole run" counts everything after set-up (checkpoint diagnostics included);
     # "training only" counts the steps and the sampler's own work (feedback passes included).
-    print(f"{'configuration':<44} {'model-steps/s':>14} {'x naive':>8} {'training only':>14} {'x naive':>8} {'peak MB':>9}")
-    for name, r in rows:
-        whole = r["model_steps_per_s"]
-        only = r.get("model_steps_per_s_training_only", whole)
-        b = base["model_steps_per_s"]
-        print(f"{name:<44} {whole:>14.0f} {whole / b:>8.2f} {only:>14.0f} {only / b:>8.2f} {r['peak_memory_mb']:>9.0f}")
+    print(f"{'configuration':<52} {'model-steps/s (range)':>24} {'x naive (range)':>18} {'training only':>14} {'peak MB':>8}")
+    naive_runs = runs.get("naive eager loop, 1 model")
+    rows = []
+    for name, results in runs.items():
+        whole = [r["model_steps_per_s"] for r in results]
+        only = [r.get("model_steps_per_s_training_only", r["model_steps_per_s"]) for r in results]
+        row = {**results[0], "model_steps_per_s": _median(whole), "model_steps_per_s_range": [min(whole), max(whole)],
+               "model_steps_per_s_training_only": _median(only), "repeats": results}
+        ratio = ""
+        if naive_runs:
+            per_round = [w / n["model_steps_per_s"] for w, n in zip(whole, naive_runs)]
+            row["x_naive"], row["x_naive_range"] = _median(per_round), [min(per_round), max(per_round)]
+            ratio = f"{row['x_naive']:.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+        rows.append((name, row))
+        print(f"{name:<52} {_median(whole):>9.0f} ({min(whole):.0f}-{max(whole):.0f})".ljust(78) + f"{ratio:>18} {_median(only):>14.0f} {row['peak_memory_mb']:>8.0f}")
+    if args.baseline_tree:  # this tree against the baseline tree, per round
+        print("this tree / baseline tree, median (range) over rounds:        whole run     training only")
+        for sampler, diag in samplers:
+            name = f"engine M={members} {sampler}{' + diagnostics' if diag else ''}"
+            line = f"  {name:<50}"
+            for key in ("model_steps_per_s", "model_steps_per_s_training_only"):
+                per_round = [a[key] / b[key] for a, b in zip(runs[name], runs[name + " [baseline]"])]
+                line += f"  {_median(per_round):.2f} ({min(per_round):.2f}-{max(per_round):.2f})"
+            print(line)
     if args.json:
         from fmstudy.results import atomic_write
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import xarray as xr
 
-__all__ = ["SCHEMA", "atomic_write", "build_dataset", "split_pack", "write_netcdf", "read_netcdf"]
+__all__ = ["SCHEMA", "atomic_write", "build_dataset", "cell_labels", "split_pack", "write_netcdf", "read_netcdf"]
 
 M, S, C, K = "member", "step", "checkpoint", "t_bin"
 
@@ -117,7 +117,8 @@ def split_pack(ds: xr.Dataset) -> list[xr.Dataset]:
     """The cells of a packed run (a heterogeneous ensemble, ``attrs["groups"]``), each the
     Dataset that cell would have written alone: its members, its config, seeds and sampler
     attributes, and its members' probe work as ``extra_*``. Run-level numbers (timing,
-    device, host) are the pack's; a plain run's Dataset comes back as the only cell."""
+    device, host) are the pack's; a plain run's Dataset comes back as the only cell. The
+    cells come in the order of their first members; ``cell_labels`` gives their labels."""
     if "groups" not in ds.attrs:
         return [ds]
     common = {k: v for k, v in ds.attrs.items() if k not in ("groups", "config", "seeds")}
@@ -133,6 +134,12 @@ def split_pack(ds: xr.Dataset) -> list[xr.Dataset]:
         part.attrs = _netcdf_attrs(attrs)
         cells.append(part)
     return cells
+
+
+def cell_labels(ds: xr.Dataset) -> list[str | None]:
+    """The ``cell`` label of each cell of a pack (None where its members carried none), in
+    :func:`split_pack`'s order; ``[None]`` for a plain run."""
+    return [g.get("cell") for g in json.loads(ds.attrs["groups"])] if "groups" in ds.attrs else [None]
 
 
 def _netcdf_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:

@@ -164,8 +164,10 @@ class RunState:
                 arrays[f"extra_{kind}"] = arrays.pop(f"member_extra_{kind}")[0]  # one group: one count
             attrs.update(sampler=samplers[0].describe(), unbiased=int(samplers[0].unbiased))
         else:
+            labels = [m.get("cell") for m in cfg.members]
             attrs["groups"] = [
-                {"members": idx, "config": cell.as_dict(), "seeds": list(cell.seeds), "sampler": s.describe(), "unbiased": int(s.unbiased)}
+                {"members": idx, "cell": labels[idx[0]], "config": cell.as_dict(), "seeds": list(cell.seeds),
+                 "sampler": s.describe(), "unbiased": int(s.unbiased)}
                 for (idx, cell), s in zip(self.cells, samplers)
             ]
         attrs.update({

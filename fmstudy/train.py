@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 import xarray as xr
 from tqdm import tqdm
@@ -137,23 +136,27 @@ class TrainResult:
 
 
 def _check_members(members: Any, sampler: Mapping[str, Any], lr: Any) -> tuple[dict[str, Any], ...]:
-    """Each member as ``{"seed", "sampler", "lr"}`` (the run's sampler and lr by default);
-    one-line errors for anything else. Two members may share a seed (a paired design) only
-    if they differ in sampler or lr."""
+    """Each member as ``{"seed", "sampler", "lr"}`` (the run's sampler and lr by default), and
+    ``"cell"`` (a label) where given; one-line errors for anything else. Two members may share
+    a seed (a paired design) only if they differ in sampler, lr or cell."""
     if isinstance(members, (str, Mapping)) or not hasattr(members, "__iter__") or not list(members):
         raise ValueError(f"members={members!r} is not allowed: give a list of {{seed, sampler, lr}} entries, at least one")
     out, seen = [], set()
     for i, m in enumerate(members):
-        if not isinstance(m, Mapping) or "seed" not in m or set(m) - {"seed", "sampler", "lr"}:
-            raise ValueError(f"member {i} = {m!r} is not allowed: give a mapping with 'seed' and optionally 'sampler', 'lr'")
+        if not isinstance(m, Mapping) or "seed" not in m or set(m) - {"seed", "sampler", "lr", "cell"}:
+            raise ValueError(f"member {i} = {m!r} is not allowed: give a mapping with 'seed' and optionally 'sampler', 'lr', 'cell'")
+        if not isinstance(m.get("cell", ""), str):
+            raise ValueError(f"member {i} cell={m['cell']!r} is not allowed: a cell label is a string")
         spec = m.get("sampler", sampler)
         spec = {"name": spec} if isinstance(spec, str) else spec
         if not isinstance(spec, Mapping) or "name" not in spec:
             raise ValueError(f"member {i} sampler={spec!r} is not allowed: give a sampler spec with a 'name'")
         one = {"seed": check_int("seed", m["seed"], 0), "sampler": dict(spec), "lr": check_float("lr", m.get("lr", lr), 0.0, lo_open=True)}
-        key = (one["seed"], _spec_key(one["sampler"]), one["lr"])
+        if "cell" in m:
+            one["cell"] = m["cell"]
+        key = (one["seed"], _spec_key(one["sampler"]), one["lr"], one.get("cell"))
         if key in seen:
-            raise ValueError(f"member {i} = {one} is not allowed: it repeats an earlier member (same seed, sampler and lr)")
+            raise ValueError(f"member {i} = {one} is not allowed: it repeats an earlier member (same seed, sampler, lr and cell)")
         seen.add(key)
         out.append(one)
     return tuple(out)
@@ -163,14 +166,16 @@ def _spec_key(spec: Mapping[str, Any]) -> str:
     return json.dumps(dict(spec), sort_keys=True, default=str)
 
 
-def member_groups(config: TrainConfig) -> list[tuple[list[int], dict[str, Any], float]]:
-    """The run's groups of members that share a sampler spec and lr, in order of first
-    appearance: ``(member indices, sampler spec, lr)``. A plain run is one group."""
+def member_groups(config: TrainConfig) -> list[tuple[list[int], dict[str, Any], float, str | None]]:
+    """The run's groups of members that share a sampler spec, lr and cell label, in order of
+    first appearance: ``(member indices, sampler spec, lr, cell label or None)``. A plain run
+    is one group. Each group is one grid cell: one sampler state, one result."""
     if config.members is None:
-        return [(list(range(len(config.seeds))), dict(config.sampler), config.lr)]
-    groups: dict[tuple[str, float], tuple[list[int], dict[str, Any], float]] = {}
+        return [(list(range(len(config.seeds))), dict(config.sampler), config.lr, None)]
+    groups: dict[tuple, tuple[list[int], dict[str, Any], float, str | None]] = {}
     for i, m in enumerate(config.members):
-        groups.setdefault((_spec_key(m["sampler"]), m["lr"]), ([], m["sampler"], m["lr"]))[0].append(i)
+        key = (_spec_key(m["sampler"]), m["lr"], m.get("cell"))
+        groups.setdefault(key, ([], m["sampler"], m["lr"], m.get("cell")))[0].append(i)
     return list(groups.values())
 
 
@@ -178,7 +183,7 @@ def cell_configs(config: TrainConfig) -> list[tuple[list[int], TrainConfig]]:
     """Each group of a run as the plain run that would train those members alone."""
     return [
         (idx, dataclasses.replace(config, members=None, seeds=tuple(config.seeds[i] for i in idx), sampler=spec, lr=lr))
-        for idx, spec, lr in member_groups(config)
+        for idx, spec, lr, _ in member_groups(config)
     ]
 
 

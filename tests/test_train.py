@@ -311,8 +311,6 @@ def test_bad_members_are_refused_in_one_line(members, words):
 
 def test_the_ensemble_adam_is_torch_adam_with_a_learning_rate_per_member():
     """Member i of EnsembleAdam with lr_i equals torch.optim.Adam(lr_i) on member i alone."""
-    import copy
-
     from fmstudy.adam import EnsembleAdam, FlatParams
     from fmstudy.models import MLPConfig, VelocityEnsemble
 
@@ -344,3 +342,16 @@ def test_the_ensemble_adam_is_torch_adam_with_a_learning_rate_per_member():
     adam.step((1.0,), torch.tensor([False, True]))
     member = flat.member_of
     assert torch.equal(flat.data[member == 0], before[member == 0])
+
+
+def test_cell_labels_keep_cells_with_the_same_sampler_apart():
+    from fmstudy.results import cell_labels
+
+    members = [{"seed": 0, "cell": "a"}, {"seed": 1, "cell": "b"}, {"seed": 2, "cell": "a"}]
+    ds = train(small(members=members, steps=3), progress=False).dataset
+    cells = split_pack(ds)
+    assert cell_labels(ds) == ["a", "b"]
+    assert [list(c.member.values) for c in cells] == [[0, 2], [1]]
+    assert all("cell" not in c.attrs["config"] and "members" not in c.attrs["config"] for c in cells)
+    with pytest.raises(ValueError, match="cell=3"):
+        small(members=[{"seed": 0, "cell": 3}])
