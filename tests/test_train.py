@@ -344,14 +344,18 @@ def test_the_ensemble_adam_is_torch_adam_with_a_learning_rate_per_member():
     assert torch.equal(flat.data[member == 0], before[member == 0])
 
 
-def test_cell_labels_keep_cells_with_the_same_sampler_apart():
+def test_cell_labels_keep_cells_with_the_same_sampler_apart(tmp_path):
     from fmstudy.results import cell_labels
 
-    members = [{"seed": 0, "cell": "a"}, {"seed": 1, "cell": "b"}, {"seed": 2, "cell": "a"}]
+    members = [{"seed": 0, "cell": "a"}, {"seed": 1, "cell": "b"}, {"seed": 0, "cell": "b"}, {"seed": 2, "cell": "a"}]
     ds = train(small(members=members, steps=3), progress=False).dataset
+    # A pack's file (a seed twice on the member axis) reads back and splits the same.
+    back = read_netcdf(write_netcdf(ds, tmp_path / "pack.nc"))
+    for x, y in zip(split_pack(back), split_pack(ds)):
+        _same_cell(x, y)
     cells = split_pack(ds)
     assert cell_labels(ds) == ["a", "b"]
-    assert [list(c.member.values) for c in cells] == [[0, 2], [1]]
+    assert [list(c.member.values) for c in cells] == [[0, 2], [1, 0]]
     assert all("cell" not in c.attrs["config"] and "members" not in c.attrs["config"] for c in cells)
     with pytest.raises(ValueError, match="cell=3"):
         small(members=[{"seed": 0, "cell": 3}])
