@@ -82,14 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             slurm = _pairs(args.slurm, "--slurm")
             limits = _pairs(args.limit, "--limit")
             grid = load_grid(args.file, args.results, args.pages, limits)
+            from .runner import preflight, run_grid
+
+            preflight(grid, args.executor, args.jobs, slurm, args.cluster, dry_run=args.dry_run)
             if args.dry_run:
                 for cell in grid.cells:
                     state = "finished" if is_finished(grid.results, cell.id, grid.pages) else "to run"
                     print(cell.id, cell.grid, dict(cell.labels), state)
                 print(f"{args.file}: {len(grid.cells)} cells, results in {grid.results}, pages in {grid.pages}")
                 return 0
-            from .runner import run_grid
-
             summary = run_grid(grid, args.executor, args.jobs, args.force, slurm, args.cluster, progress=not args.quiet)
             print(summary.text(grid))
             return 1 if summary.failed else 0

@@ -28,7 +28,7 @@ from .gridfile import Cell, Grid
 from .results import atomic_write
 from .store import GridError, is_finished, record_path, write_json
 
-__all__ = ["Summary", "run_cell", "run_grid"]
+__all__ = ["Summary", "preflight", "run_cell", "run_grid"]
 
 
 @contextlib.contextmanager
@@ -267,6 +267,25 @@ def _slurm_executor(grid: Grid, slurm: Mapping[str, Any] | None, cluster: str | 
     return lambda: make(grid.results / "slurm")
 
 
+def preflight(grid: Grid, executor: str = "local", jobs: int = 1, slurm: Mapping[str, Any] | None = None,
+              cluster: str | None = None, dry_run: bool = False) -> Any:
+    """Every check of a run's settings that needs no cell to run (the dry run makes them too):
+    executor, jobs, papermill installed (not for a dry run), submitit's parameters, results and
+    pages folders writable. Writes nothing; returns the Slurm executor's factory (or None)."""
+    if executor not in ("local", "slurm"):
+        raise GridError(f"executor={str(executor)[:40]!r} is not allowed: executor must be 'local' or 'slurm'")
+    try:
+        check_int("jobs", jobs, 1)
+    except ValueError as err:
+        raise GridError(str(err)) from None
+    if not dry_run:
+        _need("papermill", "book")
+    make_executor = _slurm_executor(grid, slurm, cluster) if executor == "slurm" else None
+    for what, folder in (("results", grid.results), ("pages", grid.pages)):
+        _check_folder(grid, what, folder)
+    return make_executor
+
+
 def run_grid(
     grid: Grid,
     executor: str = "local",
@@ -284,16 +303,8 @@ def run_grid(
     ``"local"`` or ``"debug"`` executor instead of Slurm, for tests) and waits for it."""
     from tqdm import tqdm
 
-    if executor not in ("local", "slurm"):
-        raise GridError(f"executor={str(executor)[:40]!r} is not allowed: executor must be 'local' or 'slurm'")
-    try:
-        jobs = check_int("jobs", jobs, 1)
-    except ValueError as err:
-        raise GridError(str(err)) from None
-    _need("papermill", "book")
-    make_executor = _slurm_executor(grid, slurm, cluster) if executor == "slurm" else None
-    for what, folder in (("results", grid.results), ("pages", grid.pages)):
-        _check_folder(grid, what, folder)
+    make_executor = preflight(grid, executor, jobs, slurm, cluster)
+    jobs = int(jobs)
     try:
         (grid.results / "cells").mkdir(parents=True, exist_ok=True)
         grid.pages.mkdir(parents=True, exist_ok=True)

@@ -131,6 +131,10 @@ CASES: list[tuple[str, str | None, list[str], str]] = [
     ("limit-unknown", HEAD + "axes: {sigma: [0.0]}\n", ["--limit", "speed=3"], "unknown limit 'speed'"),
     ("results-is-file", HEAD + "axes: {sigma: [0.0]}\n", ["--results", "{d}/afile"], "is a file, not a folder"),
     ("pages-under-file", HEAD + "axes: {sigma: [0.0]}\n", ["--pages", "{d}/afile/pages"], "is a file, not a folder"),
+    # the dry run makes the same checks of the run's settings
+    ("dry-jobs-zero", HEAD + "axes: {sigma: [0.0]}\n", ["--dry-run", "--jobs", "0"], "jobs=0 is not allowed"),
+    ("dry-results-is-file", HEAD + "axes: {sigma: [0.0]}\n", ["--dry-run", "--results", "{d}/afile"], "is a file, not a folder"),
+    ("dry-slurm-no-value", HEAD + "axes: {sigma: [0.0]}\n", ["--dry-run", "--slurm", "=3"], "write KEY=VALUE"),
 ]
 
 
