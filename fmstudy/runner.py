@@ -216,6 +216,27 @@ def _init_worker(counter: Any, gpus: list[str], threads: int) -> None:
         os.environ.setdefault(var, str(threads))
 
 
+def _pool_cell(grid: Grid, cell: Cell, force: bool) -> dict[str, Any]:
+    """:func:`run_cell` in a pool worker: Ctrl-C interrupts the cell it runs (which cleans up
+    after itself), while an idle worker ignores it (no traceback from a worker waiting for work)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return run_cell(grid, cell, force)
+    except KeyboardInterrupt:
+        # The worker is done. What its kernel client still logs while being torn down (a dead
+        # kernel, asyncio tasks never awaited) is noise on the user's terminal: silence it.
+        import logging
+
+        logging.disable(logging.CRITICAL)
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        raise
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _visible_gpus() -> list[str]:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:
@@ -325,12 +346,17 @@ def run_grid(
         ctx = mp.get_context("spawn")
         pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(ctx.Value("i", 0), _visible_gpus(), max(1, (os.cpu_count() or 1) // jobs)))
         try:
-            futures = [pool.submit(run_cell, grid, cell, force) for cell in todo]
+            futures = [pool.submit(_pool_cell, grid, cell, force) for cell in todo]
             for fut in as_completed(futures):
                 summary.add(fut.result())
                 bar.update(1)
-        except BaseException:  # Ctrl-C: queued cells are cancelled; the workers die with this process
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException:  # Ctrl-C: queued cells are cancelled, running ones interrupted (and cleaned up)
+            import signal
+
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):  # private, the only handle on the workers
+                with contextlib.suppress(OSError, AttributeError):
+                    os.kill(proc.pid, signal.SIGINT)
+            pool.shutdown(wait=True, cancel_futures=True)
             raise
         pool.shutdown()
     else:

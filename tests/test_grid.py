@@ -410,16 +410,18 @@ def test_kernels_do_not_print_the_tcp_warning(tmp_path, capfd):
     assert "without encryption" not in err and "Traceback" not in err
 
 
-def test_ctrl_c_leaves_no_traceback_no_failed_page_and_resumes(tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_ctrl_c_leaves_no_traceback_no_failed_page_and_resumes(tmp_path, jobs):
+    """Ctrl-C in a terminal reaches the whole process group: the runner and, with --jobs, its workers."""
     path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0, 2.0]}, "fixed": {"sleep": 3.0}})
-    proc = subprocess.Popen([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet", "--jobs", str(jobs)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     cells = tmp_path / "results" / "cells"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cells.glob("*.json"))) < 1:
         time.sleep(0.2)
-    time.sleep(1.0)  # into the second cell's sleep
-    proc.send_signal(signal.SIGINT)
+    time.sleep(1.0)  # into the next cell's sleep
+    os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "interrupted" in err
