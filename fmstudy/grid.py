@@ -4,7 +4,8 @@ papermill, collect the results (``fmstudy.grid.load_grid``, ``run_grid``, ``coll
 The work is done in three modules, one job each:
 
 - :mod:`fmstudy.gridfile`: reading and validating a grid file (its keys are documented there)
-  and the cells' ids;
+  and the cells' ids, with :mod:`fmstudy.gridyaml` (strict, bounded YAML) and
+  :mod:`fmstudy.gridcheck` (each cell's values built once, resource limits);
 - :mod:`fmstudy.runner`: executing cells (in this process, a local pool, or submitit);
 - :mod:`fmstudy.store`: the results folder (cell files, records, which cells are finished,
   ``collect``), below :mod:`fmstudy.report`, which reads it without importing the runner.
@@ -13,7 +14,7 @@ The work is done in three modules, one job each:
 from __future__ import annotations
 
 from .gridfile import Cell, Grid, cell_id, load_grid
-from .runner import Summary, run_cell, run_grid
+from .runner import Summary, preflight, run_cell, run_grid
 from .store import GridError, collect, is_finished
 
-__all__ = ["Cell", "Grid", "GridError", "Summary", "cell_id", "collect", "is_finished", "load_grid", "run_cell", "run_grid"]
+__all__ = ["Cell", "Grid", "GridError", "Summary", "cell_id", "collect", "is_finished", "load_grid", "preflight", "run_cell", "run_grid"]
