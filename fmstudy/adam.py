@@ -29,29 +29,35 @@ __all__ = ["FlatParams", "EnsembleAdam"]
 
 
 class FlatParams:
-    """The parameters of ``module`` (each ``[M, ...]``) seated in one flat buffer ``data``,
-    their gradients in ``grad``; ``member_of[j]`` is the member that element j belongs to."""
+    """The parameters of ``module`` (each ``[M, ...]``) seated in one member-major buffer
+    ``data [M, P]`` (row i: member i's P numbers), their gradients in ``grad [M, P]``. A
+    per-member quantity ``x [M]`` then reaches every number of its member as ``x[:, None]``,
+    a broadcast, without an index pass over the buffer."""
 
     def __init__(self, module: nn.Module) -> None:
         self.params = list(module.parameters())
-        m = self.params[0].shape[0]
-        with torch.no_grad():
-            self.data = torch.cat([p.detach().reshape(-1) for p in self.params])
+        self.n_members = m = self.params[0].shape[0]
+        self.data = self._flatten(self.params)
         self.grad = torch.zeros_like(self.data)
-        member, at = [], 0
-        for p in self.params:
-            n = p.numel()
-            p.data = self.data[at : at + n].view_as(p)
-            member.append(torch.arange(m, device=p.device).repeat_interleave(n // m))
-            at += n
-        self.member_of = torch.cat(member)
-        self.n_members = m
-        self.grads = [self.grad[a : a + p.numel()].view_as(p) for a, p in zip(self._offsets(), self.params)]
+        self.grads = self._seat(self.params, self.grad, data=False)
+        self._seat(self.params, self.data)
         self.seat_grads()
 
-    def _offsets(self) -> list[int]:
-        sizes = [p.numel() for p in self.params]
-        return [sum(sizes[:i]) for i in range(len(sizes))]
+    def _flatten(self, params: list[Tensor]) -> Tensor:
+        with torch.no_grad():
+            return torch.cat([p.detach().reshape(self.n_members, -1) for p in params], dim=1).contiguous()
+
+    def _seat(self, params: list[Tensor], flat: Tensor, data: bool = True) -> list[Tensor]:
+        """Views of ``flat``'s column blocks shaped as ``params`` (and seated as their data)."""
+        views, at = [], 0
+        for p in params:
+            n = p.numel() // self.n_members
+            view = flat[:, at : at + n].view(p.shape)  # rows strided by P: a view, not a copy
+            if data:
+                p.data = view
+            views.append(view)
+            at += n
+        return views
 
     def seat_grads(self) -> None:
         """Make each parameter's ``.grad`` its view of ``grad`` again, so that backward
@@ -62,19 +68,15 @@ class FlatParams:
                 p.grad = g
 
     def seat(self, other: nn.Module) -> Tensor:
-        """Seat ``other`` (the same architecture, e.g. the EMA copy) in its own flat buffer, returned."""
+        """Seat ``other`` (the same architecture, e.g. the EMA copy) in its own buffer, returned."""
         params = list(other.parameters())
-        with torch.no_grad():
-            flat = torch.cat([p.detach().reshape(-1) for p in params])
-        at = 0
-        for p in params:
-            p.data = flat[at : at + p.numel()].view_as(p)
-            at += p.numel()
+        flat = self._flatten(params)
+        self._seat(params, flat)
         return flat
 
-    def per_element(self, x: Tensor) -> Tensor:
-        """A per-member tensor ``[M]`` spread to every element of the buffer."""
-        return x[self.member_of]
+    def views(self, flat: Tensor) -> list[Tensor]:
+        """``flat`` (a buffer shaped like ``data``) as one tensor per parameter."""
+        return self._seat(self.params, flat, data=False)
 
 
 class EnsembleAdam:
@@ -99,13 +101,8 @@ class EnsembleAdam:
 
     @property
     def state(self) -> dict[Tensor, dict[str, Any]]:
-        out, at = {}, 0
-        for p in self.flat.params:
-            n = p.numel()
-            view = lambda buf: buf[at : at + n].view_as(p)  # noqa: E731
-            out[p] = {"step": torch.tensor(float(self.steps)), "exp_avg": view(self.exp_avg), "exp_avg_sq": view(self.exp_avg_sq)}
-            at += n
-        return out
+        views = zip(self.flat.params, self.flat.views(self.exp_avg), self.flat.views(self.exp_avg_sq))
+        return {p: {"step": torch.tensor(float(self.steps)), "exp_avg": m, "exp_avg_sq": v} for p, m, v in views}
 
     def step(self, factors: Sequence[float], keep: Tensor) -> None:
         """One update with learning rates ``lr * factors[0] * factors[1] ...`` (multiplied in
@@ -122,7 +119,7 @@ class EnsembleAdam:
             if f != 1.0:  # x * 1.0 = x exactly: a multiplication saved
                 lr = lr * f
         step = (lr / (1 - beta1**k) * keep).to(self.flat.data.dtype)  # [M]; kept members only
-        self.flat.data.add_(self.exp_avg * self.flat.per_element(step) / denom)
+        self.flat.data.add_(self.exp_avg * step[:, None] / denom)
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}

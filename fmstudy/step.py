@@ -16,6 +16,7 @@ that wants them (variance accounts, samplers fed from outside).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -94,13 +95,18 @@ class TrainStep:
         flat = run.flat
         flat.seat_grads()
         flat.grad.zero_()
-        member_loss.sum().backward()
-        flat.grad.masked_fill_(~flat.per_element(run.alive), 0.0)
+        with warnings.catch_warnings():
+            # Parameters and gradients are strided views of member-major buffers on purpose
+            # (fmstudy.adam.FlatParams); autograd's notice that such gradients break its
+            # layout contract (it then adds in place, which the buffer needs) is not news.
+            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
+            member_loss.sum().backward()
+        flat.grad.masked_fill_(~run.alive[:, None], 0.0)
         if cfg.grad_clip > 0:
             squares = torch._foreach_mul(flat.grads, flat.grads)  # one operator for every layer
             norm = torch.sqrt(sum(q.sum(dim=tuple(range(1, q.dim()))) for q in squares))  # [M]
             scale = (cfg.grad_clip / (norm + 1e-12)).clamp(max=1.0)
-            flat.grad.mul_(flat.per_element(scale))
+            flat.grad.mul_(scale[:, None])
         run.opt.step(self._factors(s), run.alive)
         with torch.no_grad():
             run.ema_flat.lerp_(flat.data, 1 - cfg.ema_decay)
