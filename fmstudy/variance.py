@@ -88,7 +88,7 @@ def variance_account(
     Returns ``v_uniform``, ``v_opt`` (V(q*)), ``ceiling`` (R, 4.5c), ``v_strat_uniform``
     (stratified draws with q = p), ``v_neyman`` and ``ceiling_strat`` (V(uniform)/V(Neyman),
     what stratified allocation can reach), ``between`` (``V(uniform) - V_strat(uniform)``, the
-    between-bin part), and for each named proposal ``q [..., K]``: ``v_<name>``,
+    between-bin part), ``full_sq`` (``||G||^2``), and for each named proposal ``q [..., K]``: ``v_<name>``,
     ``gain_<name> = V(uniform)/V(q)`` (its predicted reduction of gradient noise, > 1 is a
     gain) and ``v_strat_<name>``.
     """
@@ -105,6 +105,7 @@ def variance_account(
         "v_neyman": v_neyman,
         "ceiling_strat": v_uniform / v_neyman,
         "between": v_uniform - v_strat_uniform,
+        "full_sq": full_sq.expand_as(v_uniform),  # ||G||^2: the signal of the noise scale V(uniform) / ||G||^2
     }
     for name, q in (proposals or {}).items():
         q = q.to(second).expand_as(second)

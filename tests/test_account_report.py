@@ -1,0 +1,73 @@
+"""The variance account's page functions (fmstudy.account_report) against closed forms."""
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from fmstudy.account_report import ceiling_table, noise_scale, predicted_gains, predicted_speedup
+
+
+def test_predicted_speedup_limits_and_closed_form():
+    # noise-dominated: the speed-up tends to the gain; no noise: nothing to gain
+    assert predicted_speedup(2.0, 1e12, 256) == pytest.approx(2.0, rel=1e-6)
+    assert predicted_speedup(2.0, 0.0, 256) == pytest.approx(1.0)
+    assert predicted_speedup(3.0, np.inf, 64) == 3.0
+    # B_noise = B: (1 + 1) / (1 + 1/r)
+    r = 1.5
+    assert predicted_speedup(r, 128.0, 128) == pytest.approx(2 / (1 + 1 / r))
+    # never above the gain, never below 1 for a gain >= 1
+    g = np.linspace(1, 5, 9)[:, None]
+    bn = np.logspace(-2, 4, 13)[None, :]
+    s = predicted_speedup(g, bn, 32)
+    assert np.all(s <= g + 1e-12) and np.all(s >= 1 - 1e-12)
+    # and it is the ratio of steps S = S_min (1 + B_noise / B) before and after dividing the noise by r
+    steps = lambda noise: 1 + noise / 32
+    assert predicted_speedup(4.0, 100.0, 32) == pytest.approx(steps(100.0) / steps(25.0))
+
+
+def _account(ceiling: np.ndarray, v_uniform: float, full_sq: np.ndarray) -> xr.Dataset:
+    members, checkpoints = ceiling.shape
+    dims = ("member", "checkpoint")
+    data = {}
+    for prefix in ("var_", "var_adam_"):
+        data[prefix + "ceiling"] = (dims, ceiling)
+        data[prefix + "ceiling_se"] = (dims, np.full_like(ceiling, 0.01))
+        data[prefix + "ceiling_strat"] = (dims, ceiling * 1.1)
+        data[prefix + "v_uniform"] = (dims, np.full_like(ceiling, v_uniform))
+        data[prefix + "full_sq"] = (dims, full_sq)
+        data[prefix + "gain_run"] = (dims, ceiling / 2)
+    return xr.Dataset(data, coords={"member": np.arange(members), "checkpoint": np.arange(checkpoints) * 10})
+
+
+def test_noise_scale_is_infinite_where_no_signal_is_resolved():
+    ds = _account(np.ones((2, 3)), 4.0, np.array([[2.0, 0.0, -1.0], [4.0, 1.0, 8.0]]))
+    bn = noise_scale(ds).values
+    assert bn[0, 0] == 2.0 and np.isinf(bn[0, 1]) and np.isinf(bn[0, 2]) and bn[1, 2] == 0.5
+
+
+def test_ceiling_table_means_errors_and_prediction():
+    ceiling = np.array([[1.2, 1.4, 1.6], [1.4, 1.8, 2.0]])
+    ds = xr.concat([_account(ceiling, 64.0, np.full((2, 3), 1.0)), _account(ceiling * 2, 64.0, np.full((2, 3), 1.0))], dim="sigma")
+    ds = ds.assign_coords(sigma=[0.0, 1.0])
+    table = ceiling_table(ds, batch=64)
+    row = table.loc[(0.0, 10)]
+    assert row["R"] == pytest.approx(1.6)
+    assert row["R se"] == pytest.approx(np.std([1.4, 1.8], ddof=1) / np.sqrt(2))
+    assert table.loc[(1.0, 20), "R (Adam)"] == pytest.approx(2 * 1.8)
+    # B_noise = 64 / 1 = 64 = B: predicted speed-up (1 + 1) / (1 + 1 / R), median over members
+    expect = np.median([2 / (1 + 1 / 1.6), 2 / (1 + 1 / 2.0)])
+    assert table.loc[(0.0, 20), "predicted speed-up of q* (Adam)"] == pytest.approx(expect)
+    assert table.loc[(0.0, 20), "B_noise / B (Adam)"] == pytest.approx(1.0)
+
+
+def test_one_member_takes_its_measurement_error():
+    ds = _account(np.array([[1.2, 1.5]]), 1.0, np.ones((1, 2))).expand_dims(sigma=[0.5])
+    assert ceiling_table(ds, batch=8).loc[(0.5, 10), "R se"] == pytest.approx(0.01)
+
+
+def test_predicted_gains_average_after_step_zero():
+    a = _account(np.array([[9.0, 2.0, 4.0]]), 8.0, np.full((1, 3), np.inf))
+    ds = xr.concat([a, a * 0.5], dim="sampler").assign_coords(sampler=["var_opt", "uniform"])
+    table = predicted_gains(ds, batch=8)
+    assert table.loc["var_opt", "gain V(U)/V(q)"] == pytest.approx(1.5)  # (1 + 2) / 2, step 0 left out
+    assert table.loc["var_opt", "ceiling R"] == pytest.approx(3.0)
