@@ -112,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("interrupted: finished cells are kept; run the same command again to resume\n")
+        if args.command == "grid":
+            from .cellrun import silence_teardown
+
+            silence_teardown()
         return 130
 
 

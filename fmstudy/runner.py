@@ -1,173 +1,29 @@
-"""Executing a grid's cells: one cell with papermill, then all of them in this process, a local
-process pool or a submitit job array (see :mod:`fmstudy.grid`).
-
-While a cell runs, ``cells/<id>.lock`` holds an ``flock`` (released by the kernel when the
-process dies, so two grid commands on one folder never run the same cell and a killed one
-leaves no stale claim). This is the only module that imports papermill (and, for Slurm, submitit).
+"""Executing a grid: its unfinished cells (each by :func:`fmstudy.cellrun.run_cell`) in this
+process, a local process pool (one GPU per worker when several are visible) or a submitit job
+array, after checks of the run's settings that write nothing (:func:`preflight`, which the dry
+run makes too); a summary, and a line per run in ``runs.jsonl``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import itertools
 import json
 import os
-import shutil
 import sys
 import time
-import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from .cellrun import run_cell, silence_teardown
 from .checks import check_int
 from .gridfile import Cell, Grid
-from .results import atomic_write
-from .store import GridError, is_finished, record_path, write_json
+from .store import GridError, is_finished
 
-__all__ = ["Summary", "preflight", "run_cell", "run_grid"]
-
-
-@contextlib.contextmanager
-def _claim(results: Path, cid: str) -> Iterator[bool]:
-    """Hold an exclusive ``flock`` on the cell's lock file; yields False if another process holds it.
-
-    The file is removed when the cell is done, while still locked. A process that opened it
-    just before then holds a lock on a removed file: it sees that the path no longer names the
-    file it locked and starts over on a new one, so two holders never coexist."""
-    path = results / "cells" / f"{cid}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            yield False
-            return
-        try:
-            mine = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            mine = False
-        if mine:
-            break
-        os.close(fd)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.uname().nodename} {os.getpid()} {time.time():.0f}\n".encode())
-        yield True
-    finally:
-        path.unlink(missing_ok=True)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+__all__ = ["Summary", "preflight", "run_grid"]
 
 
-def _page_title(cell: Cell) -> str:
-    labels = dict(cell.labels)
-    if "benchmark" in cell.params and "benchmark" not in labels:  # always say what data it ran on
-        labels = {"benchmark": cell.params["benchmark"], **labels}
-    return "Run " + ", ".join(f"{k} = {v}" for k, v in labels.items())
-
-
-def _decorate_page(path: Path, cell: Cell) -> None:
-    """Give the executed notebook a title of its own and a table of every parameter at the top."""
-    import nbformat
-
-    nb = nbformat.read(path, as_version=4)
-    rows = "\n".join(f"| `{k}` | `{json.dumps(v)}` |" for k, v in cell.params.items())
-    head = (
-        f"# {_page_title(cell)}\n\nOne grid cell, executed by `python -m fmstudy grid` (cell id `{cell.id}`, "
-        f"sub-grid `{cell.grid}`, fmstudy {__version__}). Parameters:\n\n| parameter | value |\n| --- | --- |\n{rows}\n"
-    )
-    nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
-    for c in nb.cells[1:]:  # the notebook's own title would be a second h1 on the page
-        if c.cell_type == "markdown" and c.source.startswith("# "):
-            c.source = "#" + c.source
-            break
-    atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
-
-
-def _kernel_manager(log: Any) -> type:
-    """A kernel manager whose kernel writes its own stderr into the cell's log. There its lines
-    belong: ipykernel's warning on every start that its localhost TCP sockets are not encrypted,
-    and the errors of a kernel whose client went away (Ctrl-C), which otherwise fill the
-    terminal. (Its transport stays TCP: IPC broke parallel kernels.)"""
-    from jupyter_client.manager import AsyncKernelManager
-
-    class LoggedKernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kw: Any) -> None:
-            kw.setdefault("stderr", log)
-            await super().start_kernel(**kw)
-
-    return LoggedKernelManager
-
-
-def run_cell(grid: Grid, cell: Cell, force: bool = False) -> dict[str, Any]:
-    """Execute one cell unless it is finished or claimed; returns its record (``status`` is ok,
-    failed, skipped or claimed). Never raises for a failure inside the notebook; an interrupt
-    (Ctrl-C) leaves no page or record behind, so the cell simply runs again."""
-    import papermill
-
-    results, cells_dir = grid.results, grid.results / "cells"
-    with _claim(results, cell.id) as mine:
-        if not mine:
-            return {"id": cell.id, "status": "claimed"}
-        if not force and is_finished(results, cell.id, grid.pages):
-            return {"id": cell.id, "status": "skipped"}
-        # temporary files of a killed run: atomic_write's names start with '.' + the final name,
-        # and the running page's own name starts with '.', hence '..<id>.running.json.*.tmp'
-        for folder, pattern in itertools.product((cells_dir, grid.pages), (f".{cell.id}.*", f"..{cell.id}.*")):
-            for stale in folder.glob(pattern):
-                stale.unlink(missing_ok=True)
-        failed_page = cells_dir / f"{cell.id}.failed.ipynb"
-        for old in (cells_dir / f"{cell.id}.nc", record_path(results, cell.id), failed_page):
-            old.unlink(missing_ok=True)
-        grid.pages.mkdir(parents=True, exist_ok=True)
-        # the temporary page has no .ipynb suffix, so a book built meanwhile never picks it up
-        page, tmp_page = grid.pages / f"{cell.id}.ipynb", grid.pages / f".{cell.id}.running.json"
-        log = cells_dir / f"{cell.id}.log"
-        record: dict[str, Any] = {
-            "id": cell.id, "grid_file": str(grid.file), "grid": cell.grid, "notebook": grid.notebook.name,
-            "params": dict(cell.params), "labels": dict(cell.labels),
-            "grids": list(cell.grids), "grid_axes": {g: grid.grid_axes[g] for g in cell.grids},
-            # relative to the results folder, so a moved checkout still finds it (fmstudy.store)
-            "page": os.path.relpath(page, results), "fmstudy_version": __version__, "host": os.uname().nodename,
-        }
-        tic = time.perf_counter()
-        try:
-            log.write_text("")
-            with open(log, "a") as out:  # appending: the kernel process writes to it too
-                papermill.execute_notebook(
-                    str(grid.notebook), str(tmp_page),
-                    parameters={**cell.params, "output": str(cells_dir / f"{cell.id}.nc"), "cell_id": cell.id},
-                    progress_bar=False, log_output=True, stdout_file=out, stderr_file=out, cwd=str(grid.notebook.parent),
-                    kernel_manager_class=_kernel_manager(out),
-                )
-            _decorate_page(tmp_page, cell)
-            os.replace(tmp_page, page)
-            record.update(status="ok", seconds=time.perf_counter() - tic)
-        except Exception as err:
-            lines = str(err).strip().splitlines() or [type(err).__name__]
-            record.update(status="failed", seconds=time.perf_counter() - tic, error=f"{type(err).__name__}: {lines[-1]}"[:500],
-                          traceback=traceback.format_exc()[-4000:], log=str(log))
-            try:  # keep the executed notebook for the post-mortem; pages may be on another filesystem (EXDEV)
-                if tmp_page.exists():
-                    shutil.move(tmp_page, failed_page)
-                    record["failed_page"] = str(failed_page)
-            except OSError as move_err:
-                record["failed_page"] = f"not kept: {move_err}"
-                tmp_page.unlink(missing_ok=True)
-        except BaseException:  # Ctrl-C, SystemExit: no half-made page; the cell is simply not finished
-            tmp_page.unlink(missing_ok=True)
-            raise
-        write_json(record_path(results, cell.id), record)
-        return record
-
-
-# -- executors ----------------------------------------------------------------------------------
 @dataclass
 class Summary:
     ran: int = 0
@@ -225,13 +81,7 @@ def _pool_cell(grid: Grid, cell: Cell, force: bool) -> dict[str, Any]:
     try:
         return run_cell(grid, cell, force)
     except KeyboardInterrupt:
-        # The worker is done. What its kernel client still logs while being torn down (a dead
-        # kernel, asyncio tasks never awaited) is noise on the user's terminal: silence it.
-        import logging
-
-        logging.disable(logging.CRITICAL)
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+        silence_teardown(stderr=True)  # the worker is done
         raise
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
