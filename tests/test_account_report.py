@@ -21,7 +21,9 @@ def test_predicted_speedup_limits_and_closed_form():
     s = predicted_speedup(g, bn, 32)
     assert np.all(s <= g + 1e-12) and np.all(s >= 1 - 1e-12)
     # and it is the ratio of steps S = S_min (1 + B_noise / B) before and after dividing the noise by r
-    steps = lambda noise: 1 + noise / 32
+    def steps(noise):
+        return 1 + noise / 32
+
     assert predicted_speedup(4.0, 100.0, 32) == pytest.approx(steps(100.0) / steps(25.0))
 
 

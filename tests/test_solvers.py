@@ -233,7 +233,9 @@ def test_sde_with_zero_diffusion_is_the_euler_ode_and_seeded():
                    generator=torch.Generator().manual_seed(0)),
         ode,
     )
-    run = lambda seed: sde_sample(oracle.velocity, x0, 0.7, 30, generator=torch.Generator().manual_seed(seed))
+    def run(seed):
+        return sde_sample(oracle.velocity, x0, 0.7, 30, generator=torch.Generator().manual_seed(seed))
+
     assert torch.equal(run(5), run(5))
     assert not torch.allclose(run(5), run(6))
     # global RNG untouched
@@ -309,7 +311,9 @@ def one_line_error(fn, *args, match, **kw):
 
 def test_bad_inputs_are_refused_in_one_line():
     x = torch.zeros(4, 2)
-    v = lambda x, t: x
+    def v(x, t):
+        return x
+
     one_line_error(ode_sample, v, x, 4, "midpoint", match="method='midpoint'.*euler, heun, rk4")
     one_line_error(nfe, "rk45", 3, match="rk45")
     one_line_error(ode_sample, v, x, 0, match="steps=0.*>= 1")
