@@ -139,7 +139,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all configurations (median and range reported)")
     parser.add_argument("--baseline-tree", help="also run the engine from this copy of the package (a folder holding fmstudy/)")
     parser.add_argument("--engine-only", action="store_true", help="leave out the naive loop")
-    parser.add_argument("--only", help="engine configurations to run, comma-separated: uniform, uniform+diagnostics, grad_norm+diagnostics, info_snr+diagnostics")
+    parser.add_argument("--only", help="engine configurations to run, comma-separated SAMPLER or SAMPLER+diagnostics (default: uniform, uniform+diagnostics, grad_norm+diagnostics, info_snr+diagnostics)")
     parser.add_argument("--json", help="also write the measurements to this JSON file (the book's cost chapter reads it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -153,8 +153,7 @@ def main() -> None:
         configs.append(("naive eager loop, 1 model", {"kind": "naive", "steps": args.steps * 5, **common}, None))
     samplers = (("uniform", False), ("uniform", True), ("grad_norm", True), ("info_snr", True))
     if args.only:  # e.g. --only uniform,grad_norm+diagnostics
-        keep = set(args.only.split(","))
-        samplers = tuple((s, d) for s, d in samplers if (f"{s}+diagnostics" if d else s) in keep)
+        samplers = tuple((name.removesuffix("+diagnostics"), name.endswith("+diagnostics")) for name in args.only.split(","))
     trees = [(None, "")] + ([(args.baseline_tree, " [baseline]")] if args.baseline_tree else [])
     for sampler, diag in samplers:
         for tree, tag in trees:

@@ -91,6 +91,10 @@ class EnsembleAdam:
         if self.lr.shape != (flat.n_members,):
             raise ValueError(f"lr of shape {list(self.lr.shape)} is not allowed: give one learning rate per member ({flat.n_members})")
         self._neg_lr = -self.lr
+        # Members per block: about 4 MB of each buffer on a CPU (the update makes ten passes,
+        # which a block that stays in cache serves from there), everything on a GPU.
+        p = flat.data.shape[1]
+        self.rows = flat.n_members if flat.data.device.type != "cpu" else max(1, (1 << 20) // max(p, 1))
         self.exp_avg = torch.zeros_like(flat.data)
         self.exp_avg_sq = torch.zeros_like(flat.data)
         self.steps = 0
@@ -104,22 +108,38 @@ class EnsembleAdam:
         views = zip(self.flat.params, self.flat.views(self.exp_avg), self.flat.views(self.exp_avg_sq))
         return {p: {"step": torch.tensor(float(self.steps)), "exp_avg": m, "exp_avg_sq": v} for p, m, v in views}
 
-    def step(self, factors: Sequence[float], keep: Tensor) -> None:
+    def step(self, factors: Sequence[float], keep: Tensor, ema: tuple[Tensor, float] | None = None) -> None:
         """One update with learning rates ``lr * factors[0] * factors[1] ...`` (multiplied in
-        that order, as a Python float would be) for members where ``keep [M]`` holds."""
+        that order, as a Python float would be) for members where ``keep [M]`` holds; then
+        ``ema = (buffer, w)``, if given, moves as ``buffer <- lerp(buffer, data, w)``.
+
+        On a CPU the buffers are walked in blocks of members small enough to stay in cache
+        across the update's ten passes (blocks of ``rows`` members, one block when the
+        buffers are small); on a GPU in one block. Every operation is elementwise, so the
+        blocking changes no number."""
         beta1, beta2 = self.betas
         self.steps += 1
         k = float(self.steps)
-        g = self.flat.grad
-        self.exp_avg.lerp_(g, 1 - beta1)
-        self.exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
-        denom = (self.exp_avg_sq.sqrt() / ((1 - beta2**k) ** 0.5)).add_(self.eps)
+        bc2_sqrt = (1 - beta2**k) ** 0.5
         lr = self._neg_lr  # -(x y) = (-x) y and -(x / y) = (-x) / y exactly: the sign moves first
         for f in factors:
             if f != 1.0:  # x * 1.0 = x exactly: a multiplication saved
                 lr = lr * f
-        step = (lr / (1 - beta1**k) * keep).to(self.flat.data.dtype)  # [M]; kept members only
-        self.flat.data.add_(self.exp_avg * step[:, None] / denom)
+        step = (lr / (1 - beta1**k) * keep).to(self.flat.data.dtype)[:, None]  # [M, 1]; kept members only
+        buffers = (self.flat.grad, self.flat.data, self.exp_avg, self.exp_avg_sq, step, ema[0] if ema else None)
+        m = self.flat.n_members
+        blocks = [buffers] if self.rows >= m else [
+            tuple(None if b is None else b[r0 : r0 + self.rows] for b in buffers) for r0 in range(0, m, self.rows)
+        ]
+        for g, data, m1, m2, st, average in blocks:
+            m1.lerp_(g, 1 - beta1)
+            m2.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+            denom = (m2.sqrt() / bc2_sqrt).add_(self.eps)
+            # addcdiv computes data + 1 * x / denom; 1 * x = x exactly, so this is torch's
+            # data + (-step_size * m) / denom with the division and addition in one pass.
+            data.addcdiv_(m1 * st, denom)
+            if average is not None:
+                average.lerp_(data, ema[1])
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": self.steps, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}

@@ -107,9 +107,7 @@ class TrainStep:
             norm = torch.sqrt(sum(q.sum(dim=tuple(range(1, q.dim()))) for q in squares))  # [M]
             scale = (cfg.grad_clip / (norm + 1e-12)).clamp(max=1.0)
             flat.grad.mul_(scale[:, None])
-        run.opt.step(self._factors(s), run.alive)
-        with torch.no_grad():
-            run.ema_flat.lerp_(flat.data, 1 - cfg.ema_decay)
+        run.opt.step(self._factors(s), run.alive, ema=(run.ema_flat, 1 - cfg.ema_decay))
 
         per_sample = per_sample.detach()
         self.last = StepOutput(draw.t, draw.weight, per_sample)

@@ -358,3 +358,26 @@ def test_cell_labels_keep_cells_with_the_same_sampler_apart(tmp_path):
     assert all("cell" not in c.attrs["config"] and "members" not in c.attrs["config"] for c in cells)
     with pytest.raises(ValueError, match="cell=3"):
         small(members=[{"seed": 0, "cell": 3}])
+
+
+def test_adam_in_blocks_of_members_gives_the_same_numbers():
+    from fmstudy.adam import EnsembleAdam, FlatParams
+    from fmstudy.models import MLPConfig, VelocityEnsemble
+
+    flats, adams, emas = [], [], []
+    for rows in (None, 2):  # one block; blocks of two members (the CPU's choice for big buffers)
+        model = VelocityEnsemble(MLPConfig(2, 16, 2), [0, 1, 2, 3, 4])
+        flat = FlatParams(model)
+        adam = EnsembleAdam(flat, [1e-3, 2e-3, 3e-3, 4e-3, 5e-3])
+        adam.rows = rows or adam.rows
+        flats.append(flat), adams.append(adam), emas.append(flat.data.clone())
+    g = torch.Generator().manual_seed(1)
+    keep = torch.tensor([True, True, False, True, True])
+    for _ in range(4):
+        grad = torch.randn(flats[0].grad.shape, generator=g)
+        for flat, adam, ema in zip(flats, adams, emas):
+            flat.grad.copy_(grad)
+            adam.step((0.5,), keep, ema=(ema, 0.1))
+    assert adams[0].rows >= 5 and adams[1].rows == 2
+    assert torch.equal(flats[0].data, flats[1].data) and torch.equal(emas[0], emas[1])
+    assert torch.equal(adams[0].exp_avg_sq, adams[1].exp_avg_sq)
