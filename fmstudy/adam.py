@@ -106,7 +106,8 @@ class EnsembleAdam:
     @property
     def state(self) -> dict[Tensor, dict[str, Any]]:
         views = zip(self.flat.params, self.flat.views(self.exp_avg), self.flat.views(self.exp_avg_sq))
-        return {p: {"step": torch.tensor(float(self.steps)), "exp_avg": m, "exp_avg_sq": v} for p, m, v in views}
+        # the step as a Python number: a tensor made here would be a host transfer in every step that reads it
+        return {p: {"step": float(self.steps), "exp_avg": m, "exp_avg_sq": v} for p, m, v in views}
 
     def step(self, factors: Sequence[float], keep: Tensor, ema: tuple[Tensor, float] | None = None) -> None:
         """One update with learning rates ``lr * factors[0] * factors[1] ...`` (multiplied in

@@ -27,7 +27,7 @@ from .samplers import Feedback, TimeDraw, TimeSampler
 
 __all__ = ["MemberSamplers"]
 
-_PER_SAMPLE = ("t", "loss", "grad_norm")
+_PER_SAMPLE = ("t", "loss", "grad_norm", "grad_sq_adam")
 
 
 def _table_based(s: TimeSampler) -> bool:
@@ -132,11 +132,12 @@ class MemberSamplers:
     def _part(self, x: Tensor | None, g: int) -> Tensor | None:
         return x if x is None or self._whole[g] else x.index_select(0, self._index[g])
 
-    def update(self, feedback: Feedback, per_sample: bool) -> None:
-        """Feed the groups that use this kind of feedback (per sample, or per bin) their rows."""
+    def update(self, feedback: Feedback, per_sample: bool, only: Sequence[bool] | None = None) -> None:
+        """Feed the groups that use this kind of feedback (per sample, or per bin) their rows;
+        ``only``: a flag per group, to feed a subset (per-bin moments come from two sources)."""
         for g, s in enumerate(self.samplers):
             wants = any(r in _PER_SAMPLE for r in s.requires) if per_sample else any(r.startswith("bin_") for r in s.requires)
-            if s.adaptive and wants:
+            if s.adaptive and wants and (only is None or only[g]):
                 s.update(Feedback(**{k: self._part(v, g) for k, v in vars(feedback).items()}))
                 self._tables = None
 

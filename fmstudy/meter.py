@@ -5,7 +5,13 @@ At every checkpoint, for every member: the per-bin signals on the fixed probes
 objective on a fixed held-out batch (raw and EMA weights) and, on oracle benchmarks, the
 integrated excess ``int excess(t) dt`` on a fixed quadrature (raw and EMA). Every measurement
 uses the same points at every checkpoint, so differences across checkpoints are the model's.
-The meter keeps the records (they are part of a run's checkpoint) and knows nothing of training.
+
+The variance account (STUDY.md 4.5) is measured on FRESH probes at every checkpoint
+(:func:`fmstudy.signals.fresh_probes`, keyed by the checkpoint's index): ``groups`` independent
+groups per bin give every quantity a standard error, and no checkpoint is judged on the sample
+another was, nor on the held-out set or the quadrature. It is taken in the Euclidean metric and,
+once Adam has taken a step, in Adam's (``precond``). The meter keeps the records (they are part
+of a run's checkpoint) and knows nothing of training.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from .data import Benchmark, ProbeSet
 from .models import VelocityEnsemble
 from .oracle import BridgeOracle
 from .paths import BrownianBridge
-from .signals import measure_bins, probe_irreducible
+from .signals import fresh_probes, measure_bins, measure_variance, probe_irreducible, variance_record
 
 __all__ = ["CheckpointMeter"]
 
@@ -32,8 +38,12 @@ class CheckpointMeter:
     (one ``[K]`` tensor each).
     """
 
-    def __init__(self, bench: Benchmark, path: BrownianBridge, probes: ProbeSet, oracle: BridgeOracle | None, device: torch.device) -> None:
+    def __init__(
+        self, bench: Benchmark, path: BrownianBridge, probes: ProbeSet, oracle: BridgeOracle | None, device: torch.device,
+        account_groups: int = 0,
+    ) -> None:
         self.bench, self.path, self.probes, self.oracle, self.device = bench, path, probes, oracle, device
+        self.account_groups = account_groups  # 0: no variance account
         self.records: dict[str, Any] = {}
         self._heldout = self._heldout_batch()
         self._quadrature = None
@@ -63,9 +73,26 @@ class CheckpointMeter:
         xt, t, ut = self._heldout
         return ((model(xt, t) - ut) ** 2).mean(-1).mean(1)
 
-    def measure(self, model: VelocityEnsemble, ema_model: VelocityEnsemble, bin_mass: Callable[[Tensor], Tensor], counters: Mapping[str, Any]) -> None:
+    def account(self, model: VelocityEnsemble, masses: Tensor, key: int, precond: Any = None, groups: int | None = None) -> dict[str, Tensor]:
+        """The variance account (4.5) on fresh probes ``key``, with the run's own proposal
+        ``masses [M, K]`` as ``run``; Adam's metric too when ``precond`` is given, else NaN."""
+        k, per_bin = self.probes.n_bins, self.probes.per_bin
+        probes = fresh_probes(self.bench, k, per_bin, self.path.t_eps, key=key)
+        euclid, adam = measure_variance(model, self.path, probes, groups or self.account_groups, precond=precond)
+        if adam is not None:
+            return variance_record(euclid, adam, {"run": masses})
+        # Before Adam's first step its metric does not exist: the same names, NaN.
+        rec = variance_record(euclid, euclid, {"run": masses})
+        return {k: torch.full_like(v, float("nan")) if "adam" in k else v for k, v in rec.items()}
+
+    def measure(
+        self, model: VelocityEnsemble, ema_model: VelocityEnsemble, bin_mass: Callable[[Tensor], Tensor], counters: Mapping[str, Any],
+        precond: Any = None,
+    ) -> None:
         """Take one checkpoint: ``bin_mass(edges) [M, K]`` is the samplers' probability per
-        bin; ``counters`` are run-level numbers recorded as they stand (seconds, samples...)."""
+        bin; ``counters`` are run-level numbers recorded as they stand (seconds, samples...);
+        ``precond`` is Adam's preconditioner for the account in Adam's metric (None before its
+        first step)."""
         rec: dict[str, Any] = measure_bins(model, self.path, self.probes, self.oracle).as_dict()
         target_var = rec.pop("target_var")
         if "target_var" not in self.records:
@@ -79,6 +106,8 @@ class CheckpointMeter:
         if self._quadrature is not None:
             rec["integrated_excess"] = self._quadrature.evaluate(model)
             rec["integrated_excess_ema"] = self._quadrature.evaluate(ema_model)
+        if self.account_groups:
+            rec.update(self.account(model, bin_mass(edges), key=self.n_taken, precond=precond))
         rec.update({k: torch.as_tensor(v) for k, v in counters.items()})
         for key, value in rec.items():
             self.records.setdefault(key, []).append(value.detach().cpu().to(torch.float64))

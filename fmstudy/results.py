@@ -81,6 +81,37 @@ SCHEMA: dict[str, tuple[tuple[str, ...], str, str]] = {
     "nll_true": ((), "nats", "mean NLL of the same held-out points under the true mixture: the data's entropy estimate, the best expected sample_nll"),
 }
 
+# The variance account (STUDY.md 4.5) at every checkpoint, on fresh probes
+# (fmstudy.signals.variance_record): per-bin moments with their standard errors, and the account
+# per member with its jackknife standard error (_se) and bias estimate (_bias), in the Euclidean
+# metric (var_) and in Adam's (var_adam_, NaN before Adam's first step).
+_ACCOUNT_BINS = {
+    "bin_grad_sq": "S_k = E[||g||^2 | bin k] on fresh probes",
+    "bin_grad_mean_sq": "unbiased ||G_k||^2 = ||E[g | bin k]||^2 on fresh probes",
+    "bin_grad_noise": "within-bin spread S_k - ||G_k||^2 on fresh probes",
+}
+_ACCOUNT = {
+    "v_uniform": "V(uniform): per-sample gradient variance of the uniform sampler (4.5a)",
+    "v_opt": "V(q*): per-sample variance of the variance-optimal proposal (4.5b)",
+    "ceiling": "R = V(uniform) / V(q*), the largest noise reduction of any unbiased allocation (4.5c)",
+    "v_strat_uniform": "variance with draws stratified over bins at q = uniform",
+    "v_neyman": "variance with stratified draws at the Neyman allocation (4.5d)",
+    "ceiling_strat": "V(uniform) / V_strat(Neyman): the ceiling with stratified draws",
+    "between": "between-bin part of V(uniform): V(uniform) - V_strat(uniform)",
+    "full_sq": "unbiased ||G||^2 of the full gradient",
+    "v_run": "V(q) of the run's own proposal at the checkpoint",
+    "gain_run": "V(uniform) / V(q) of the run's own proposal: its predicted noise reduction",
+    "v_strat_run": "variance of the run's own proposal with draws stratified over bins",
+}
+for _metric, _prefix, _what in (("", "var_", "Euclidean"), ("_adam", "var_adam_", "Adam's metric")):
+    for _name, _desc in _ACCOUNT_BINS.items():
+        SCHEMA[_name + _metric] = ((M, C, K), "1", f"{_desc} ({_what})")
+        SCHEMA[f"{_name}{_metric}_se"] = ((M, C, K), "1", f"standard error of {_name}{_metric}")
+    for _name, _desc in _ACCOUNT.items():
+        SCHEMA[_prefix + _name] = ((M, C), "1", f"{_desc} ({_what})")
+        SCHEMA[f"{_prefix}{_name}_se"] = ((M, C), "1", f"jackknife standard error of {_prefix}{_name}")
+        SCHEMA[f"{_prefix}{_name}_bias"] = ((M, C), "1", f"jackknife bias estimate of {_prefix}{_name}")
+
 
 def build_dataset(
     arrays: Mapping[str, Any],

@@ -22,20 +22,27 @@ from .adam import EnsembleAdam, FlatParams
 from .data import get_benchmark
 from .member_samplers import MemberSamplers
 from .meter import CheckpointMeter
-from .models import MLPConfig, VelocityEnsemble
+from .models import MLPConfig, VelocityEnsemble, adam_preconditioner
 from .paths import BrownianBridge
 from .results import build_dataset
-from .samplers import SAMPLERS, make_sampler
+from .samplers import make_sampler, sampler_class
+from .weighting import make_weighting
 
 __all__ = ["RunState", "checkpoint_steps"]
 
-_FORMAT = 2  # checkpoint layout: flat optimiser moments, per-group sampler states
+_FORMAT = 3  # checkpoint layout: flat optimiser moments, per-group sampler states, the weighting's state
 
 
-def checkpoint_steps(steps: int, n: int) -> list[int]:
-    """``n`` roughly log-spaced steps from 0 to ``steps`` (both included): dense early, where
-    the signal changes fastest."""
-    raw = np.unique(np.round(np.geomspace(1, steps + 1, n)).astype(int) - 1)
+def checkpoint_steps(steps: int, n: int, warmup: int = 0) -> list[int]:
+    """Step 0 and about ``n - 1`` checkpoints after warm-up: the first half log-spaced from the
+    end of warm-up to ``steps / 2`` (early, where the signal changes fastest), the second half
+    linear up to ``steps`` (late, where the schedules' curves are compared and speed-ups read:
+    log-spaced points there leave one or two checkpoints to interpolate between)."""
+    start = min(max(warmup, 1), steps)
+    n_log = (n - 1) // 2
+    log = np.geomspace(start, max(start, steps / 2), n_log) if n_log else np.zeros(0)
+    lin = np.linspace(steps / 2, steps, n - n_log)[1:]
+    raw = np.unique(np.round(np.concatenate([[0.0], log, lin])).astype(int))
     return sorted(set(raw.tolist()) | {0, steps})
 
 
@@ -82,12 +89,21 @@ class RunState:
         self.train_loss_unweighted = torch.full_like(self.train_loss, math.nan)
         self.train_seconds = 0.0
         self.extra = {"forward": [0] * m, "backward": [0] * m}  # per member: its sampler's probe work
-        self.checkpoints = checkpoint_steps(cfg.steps, cfg.n_checkpoints)
-        self.meter = CheckpointMeter(self.bench, self.path, self.probes, self.oracle, self.device)
+        self.checkpoints = checkpoint_steps(cfg.steps, cfg.n_checkpoints, cfg.warmup_steps)
+        self.meter = CheckpointMeter(self.bench, self.path, self.probes, self.oracle, self.device, cfg.variance_groups)
+        # An objective-changing weighting; a learned one (uncertainty) has its own Adam, at the
+        # run's base rate without schedule, elementwise, so each member's table is its own.
+        self.weighting = None
+        self.weighting_opt = None
+        if cfg.weighting is not None:
+            self.weighting = make_weighting(cfg.weighting, self.path, m, cfg.n_bins).to(self.device)
+            params = list(self.weighting.parameters())
+            if params:
+                self.weighting_opt = torch.optim.Adam(params, lr=cfg.lr)
 
     def _sampler(self, cell: Any):
         spec = dict(cell.sampler)
-        if "n_bins" in getattr(SAMPLERS.get(spec.get("name")), "options", ()):
+        if "n_bins" in getattr(sampler_class(spec.get("name")), "options", ()):
             spec.setdefault("n_bins", cell.n_bins)  # adaptive bins are the probe bins
         sampler = make_sampler(spec, cell.seeds, cell.t_eps, self.device)
         if getattr(sampler, "n_bins", cell.n_bins) != cell.n_bins:
@@ -95,6 +111,16 @@ class RunState:
                 f"sampler n_bins={sampler.n_bins} is not allowed: adaptive samplers use the run's n_bins={cell.n_bins}"
             )
         return sampler
+
+    def precond(self) -> Any:
+        """Adam's current preconditioner (``fmstudy.models.adam_preconditioner``), None before its first step."""
+        return adam_preconditioner(self.opt, self.model) if self.step > 0 else None
+
+    @property
+    def unbiased(self) -> list[bool]:
+        """Per member group: whether it estimates the fixed objective without bias (its sampler
+        reweights with full support, and no weighting changes the objective)."""
+        return [bool(s.unbiased) and self.weighting is None for s in self.samplers.samplers]
 
     def measure(self) -> None:
         """Take the checkpoint measurements at the current step."""
@@ -107,6 +133,7 @@ class RunState:
                 "member_extra_forward": torch.tensor(self.extra["forward"], dtype=torch.int64).reshape(m),
                 "member_extra_backward": torch.tensor(self.extra["backward"], dtype=torch.int64).reshape(m),
             },
+            precond=self.precond() if self.config.variance_groups else None,
         )
 
     # -- checkpoints -----------------------------------------------------------------------
@@ -127,6 +154,8 @@ class RunState:
             "records": self.meter.records,
             "train_seconds": self.train_seconds,
             "extra": self.extra,
+            "weighting": None if self.weighting is None else self.weighting.state_dict(),
+            "weighting_opt": None if self.weighting_opt is None else self.weighting_opt.state_dict(),
         }
 
     def load(self, state: Mapping[str, Any]) -> None:
@@ -146,6 +175,10 @@ class RunState:
         self.meter.records = state["records"]
         self.train_seconds = state["train_seconds"]
         self.extra = {k: list(v) for k, v in state["extra"].items()}
+        if self.weighting is not None:
+            self.weighting.load_state_dict(state["weighting"])
+        if self.weighting_opt is not None:
+            self.weighting_opt.load_state_dict(state["weighting_opt"])
 
     # -- the result ------------------------------------------------------------------------
     def dataset(self, wall_seconds: float, setup_seconds: float) -> xr.Dataset:
@@ -162,15 +195,17 @@ class RunState:
         if cfg.members is None:
             for kind in ("forward", "backward"):
                 arrays[f"extra_{kind}"] = arrays.pop(f"member_extra_{kind}")[0]  # one group: one count
-            attrs.update(sampler=samplers[0].describe(), unbiased=int(samplers[0].unbiased))
+            attrs.update(sampler=samplers[0].describe(), unbiased=int(self.unbiased[0]))
         else:
             labels = [m.get("cell") for m in cfg.members]
             attrs["groups"] = [
                 {"members": idx, "cell": labels[idx[0]], "config": cell.as_dict(), "seeds": list(cell.seeds),
-                 "sampler": s.describe(), "unbiased": int(s.unbiased)}
-                for (idx, cell), s in zip(self.cells, samplers)
+                 "sampler": s.describe(), "unbiased": int(ok)}
+                for (idx, cell), s, ok in zip(self.cells, samplers, self.unbiased)
             ]
         attrs.update({
+            "target": cfg.target,
+            "weighting": {} if self.weighting is None else self.weighting.describe(),
             "benchmark_options": self.bench.options,
             "fmstudy_version": __version__,
             "torch_version": torch.__version__,

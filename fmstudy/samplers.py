@@ -26,6 +26,7 @@ __all__ = [
     "Feedback",
     "TimeSampler",
     "make_sampler",
+    "sampler_class",
     "sampler_names",
     "SAMPLERS",
 ]
@@ -44,6 +45,12 @@ _ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "var_opt_neyman": ("var_opt", {"neyman": True, "stratified": True}),
     "oracle_qstar_neyman": ("oracle_qstar", {"neyman": True, "stratified": True}),
 }
+
+
+def sampler_class(name: Any) -> type[TimeSampler] | None:
+    """The class behind a sampler name or alias (None for an unknown name)."""
+    name = _ALIASES[name][0] if name in _ALIASES else name
+    return SAMPLERS.get(name)
 
 
 def sampler_names() -> list[str]:

@@ -3,7 +3,9 @@
     u                    all of the step's uniforms and normals, one fused hash pass
     x1, x0, eps, (t, w)  data, source and bridge noise per member stream; times from each
                          member group's sampler (one batched inverse CDF)
-    l_b = ||v(x_t, t_b) - u_t||^2 / d,   L = mean_b w_b l_b,   L_plain = mean_b l_b
+    l_b = ||v(x_t, t_b) - y_b||^2 / d,   L = mean_b w_b l_b,   L_plain = mean_b l_b
+                         (y = u_t, or E[u_t | x1, x_t] with target "rb"; an objective-changing
+                         weighting, if any, replaces L by its own reduction of (l, t, w))
     freeze members whose L is not finite or exceeds max_loss (decided on the device)
     theta <- Adam(theta, grad sum_i L_i) with per-member lr; per-member clipping; EMA
 
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .models import per_sample_grad_sq
+from .models import per_sample_grad_sq, per_sample_grad_sq_adam
 from .rng import Request, Served, StepDraws
 from .run_state import RunState
 from .samplers import Feedback
@@ -30,6 +32,8 @@ from .signals import measure_bins
 
 __all__ = ["TrainStep", "StepOutput"]
 
+_FRESH_MOMENTS = ("var_opt", "oracle_qstar")  # samplers fed the variance account's moments on fresh probes
+_FEEDBACK_KEY = 1 << 40  # fresh-probe keys of feedback (checkpoints use 0, 1, 2...)
 _TIME, _DATA, _SOURCE, _NOISE = 1, 2, 3, 4  # CounterRNG streams; 1 is the samplers' time stream
 
 
@@ -58,6 +62,7 @@ class TrainStep:
              Request(_SOURCE, b * d, True), Request(_NOISE, b * d, True)],
         )
         self.wants_grad_norm = "grad_norm" in run.samplers.requires
+        self.wants_adam_norm = "grad_sq_adam" in run.samplers.requires
         self.last: StepOutput | None = None
 
     def _factors(self, step: int) -> tuple[float, float]:
@@ -79,9 +84,13 @@ class TrainStep:
         eps = z_noise.to(torch.float32).reshape(m, b, d)
         draw = run.samplers.sample_from(u_time.contiguous())
         ps = run.path.sample(x0, x1, draw.t, eps, check=False)
-        trace: list | None = [] if self.wants_grad_norm else None
-        per_sample = ((run.model(ps.xt, draw.t, trace=trace) - ps.ut) ** 2).mean(-1)  # [M, B]
-        member_loss = (draw.weight * per_sample).mean(1)
+        target = run.path.rb_target(x1, ps.xt, draw.t) if cfg.target == "rb" else ps.ut
+        trace: list | None = [] if self.wants_grad_norm or self.wants_adam_norm else None
+        per_sample = ((run.model(ps.xt, draw.t, trace=trace) - target) ** 2).mean(-1)  # [M, B]
+        if run.weighting is None:
+            member_loss = (draw.weight * per_sample).mean(1)
+        else:
+            member_loss = run.weighting(per_sample, draw.t, draw.weight)
         run.train_loss[:, s] = member_loss.detach()
         run.train_loss_unweighted[:, s] = per_sample.detach().mean(1)
 
@@ -95,6 +104,10 @@ class TrainStep:
         flat = run.flat
         flat.seat_grads()
         flat.grad.zero_()
+        if run.weighting_opt is not None:
+            run.weighting_opt.zero_grad(set_to_none=False)
+        # Adam's metric as it stands before this step's update (read from its state: bit-exact on resume)
+        precond = run.precond() if self.wants_adam_norm and s > 0 else None
         with warnings.catch_warnings():
             # Parameters and gradients are strided views of member-major buffers on purpose
             # (fmstudy.adam.FlatParams); autograd's notice that such gradients break its
@@ -108,6 +121,8 @@ class TrainStep:
             scale = (cfg.grad_clip / (norm + 1e-12)).clamp(max=1.0)
             flat.grad.mul_(scale[:, None])
         run.opt.step(self._factors(s), run.alive, ema=(run.ema_flat, 1 - cfg.ema_decay))
+        if run.weighting_opt is not None:
+            run.weighting_opt.step()
 
         per_sample = per_sample.detach()
         self.last = StepOutput(draw.t, draw.weight, per_sample)
@@ -116,15 +131,34 @@ class TrainStep:
             if self.wants_grad_norm:  # d L / d l_b = w_b / B: undo it to get grad of l_b itself
                 grad_norm = per_sample_grad_sq(trace).sqrt() * b / draw.weight
             run.samplers.update(Feedback(t=draw.t, loss=per_sample, grad_norm=grad_norm), per_sample=True)
+            if precond is not None:  # every norm_stride-th sample, a rotating subset; d L / d l_b = w_b / B undone
+                idx = torch.arange(s % cfg.norm_stride, b, cfg.norm_stride, device=dev)
+                sq = per_sample_grad_sq_adam(trace, precond, index=idx) * (b / draw.weight.index_select(1, idx)) ** 2
+                run.samplers.update(Feedback(t=draw.t.index_select(1, idx), grad_sq_adam=sq), per_sample=True)
             if (s + 1) % cfg.feedback_every == 0:
                 self.bin_feedback()
         run.step += 1
 
     def bin_feedback(self) -> None:
-        """Per-bin measurements on the probes for the groups whose samplers ask for them;
-        counted as each such member's extra work."""
+        """Per-bin measurements for the groups whose samplers ask for them, counted as each
+        such member's extra work: the variance samplers (``var_opt``, ``oracle_qstar``) get the
+        moments of the variance account on fresh probes (4.5); the others the fixed probes'
+        signals (:func:`fmstudy.signals.measure_bins`)."""
         run = self.run
-        needs = [s.requires & {"bin_loss", "bin_excess", "bin_grad_mean_sq", "bin_grad_sq"} for s in run.samplers.samplers]
+        fixed_fields = {"bin_loss", "bin_excess", "bin_grad_mean_sq", "bin_grad_sq"}
+        fresh = [s.name in _FRESH_MOMENTS and bool({f for f in s.requires if f.startswith("bin_")}) for s in run.samplers.samplers]
+        needs = [set() if f else s.requires & fixed_fields for s, f in zip(run.samplers.samplers, fresh)]
+        n = run.probes.n_bins * run.probes.per_bin
+        if any(fresh):
+            groups = run.meter.account_groups or 4
+            rec = run.meter.account(run.model, run.samplers.bin_mass(run.probes.edges.to(torch.float64)), key=_FEEDBACK_KEY + run.step,
+                                    precond=run.precond(), groups=groups)
+            for idx, f in zip(run.groups, fresh):
+                for i in idx:
+                    run.extra["forward"][i] += n if f else 0
+                    run.extra["backward"][i] += n if f else 0
+            names = ("bin_grad_sq", "bin_grad_mean_sq", "bin_grad_sq_adam", "bin_grad_mean_sq_adam")
+            run.samplers.update(Feedback(**{k: rec[k] for k in names}), per_sample=False, only=fresh)
         if not any(needs):
             return
         grads = any(r & {"bin_grad_mean_sq", "bin_grad_sq"} for r in needs)
@@ -133,12 +167,11 @@ class TrainStep:
             name = next(s.name for s, r in zip(run.samplers.samplers, needs) if "bin_excess" in r)
             raise ValueError(f"sampler {name!r} needs an oracle: benchmark {run.bench.name!r} has none")
         sig = measure_bins(run.model, run.path, run.probes, run.oracle if excess else None, gradients=grads)
-        n = run.probes.n_bins * run.probes.per_bin
         for idx, r in zip(run.groups, needs):
             for i in idx:
                 run.extra["forward"][i] += n if r else 0
                 run.extra["backward"][i] += n if r & {"bin_grad_mean_sq", "bin_grad_sq"} else 0
         run.samplers.update(
             Feedback(bin_loss=sig.loss, bin_excess=sig.excess, bin_grad_mean_sq=sig.grad_signal, bin_grad_sq=sig.grad_sq),
-            per_sample=False,
+            per_sample=False, only=[bool(r) for r in needs],
         )

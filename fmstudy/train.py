@@ -41,6 +41,7 @@ from .paths import BrownianBridge
 from .results import atomic_write
 from .run_state import RunState, checkpoint_steps
 from .samplers import TimeSampler
+from .weighting import make_weighting
 from .step import TrainStep
 
 __all__ = ["TrainConfig", "TrainResult", "train", "checkpoint_steps", "cell_configs", "member_groups", "build_run"]
@@ -72,6 +73,17 @@ class TrainConfig:
     max_loss: float = 1e6
     device: str = "auto"
     tf32: bool = False
+    # The variance account (STUDY.md 4.5) at every checkpoint on fresh probes: probe_per_bin
+    # points per bin split into this many independent groups (standard errors); 0 turns it off.
+    variance_groups: int = 4
+    # Per-sample squared norms in Adam's metric for samplers fed by them (var_opt): every
+    # norm_stride-th sample of the batch (a rotating subset), to bound their cost.
+    norm_stride: int = 8
+    # "plain": u_t; "rb": the Rao-Blackwellised E[u_t | x1, x_t] (same minimiser, less noise for sigma > 0).
+    target: str = "plain"
+    # An objective-changing weighting of t (fmstudy.weighting: {"name": "min_snr", "gamma": 5}
+    # or {"name": "uncertainty"}), applied on top of the sampler's weights; None: none.
+    weighting: Mapping[str, Any] | None = None
     # A heterogeneous ensemble (a pack of grid cells): one entry per member, {"seed": int,
     # "sampler": spec, "lr": float}, sampler and lr defaulting to the run's; seeds then
     # follow from it. None: every seed of ``seeds`` with the run's sampler and lr.
@@ -85,7 +97,8 @@ class TrainConfig:
         object.__setattr__(self, "seeds", tuple(check_int("seed", s, 0) for s in self.seeds))
         object.__setattr__(self, "benchmark_options", dict(self.benchmark_options))
         object.__setattr__(self, "sampler", dict(self.sampler))
-        ints = {"steps": 1, "batch_size": 1, "warmup_steps": 0, "n_bins": 2, "probe_per_bin": 2, "n_checkpoints": 2, "feedback_every": 1}
+        ints = {"steps": 1, "batch_size": 1, "warmup_steps": 0, "n_bins": 2, "probe_per_bin": 2, "n_checkpoints": 2, "feedback_every": 1,
+                "variance_groups": 0, "norm_stride": 1}
         for name, lo in ints.items():
             object.__setattr__(self, name, check_int(name, getattr(self, name), lo))
         for name, lo, hi, kw in (
@@ -95,6 +108,15 @@ class TrainConfig:
             ("ema_decay", 0.0, 1.0, {"hi_open": True}),
         ):
             object.__setattr__(self, name, check_float(name, getattr(self, name), lo, hi, **kw))
+        if self.variance_groups and (self.variance_groups < 2 or self.probe_per_bin % self.variance_groups
+                                     or self.probe_per_bin // self.variance_groups < 2):
+            raise ValueError(f"variance_groups={self.variance_groups} is not allowed with probe_per_bin={self.probe_per_bin}: "
+                             "give 0 (no account) or at least 2 groups that divide probe_per_bin, 2 or more probes each")
+        if self.target not in ("plain", "rb"):
+            raise ValueError(f"target={self.target!r} is not allowed: target must be 'plain' (u_t) or 'rb' (E[u_t | x1, x_t])")
+        if self.weighting is not None:
+            object.__setattr__(self, "weighting", dict(self.weighting) if isinstance(self.weighting, Mapping) else self.weighting)
+            make_weighting(self.weighting, BrownianBridge(self.sigma, self.t_eps), 1, self.n_bins)  # one-line errors
         if self.decay not in ("cosine", "none"):
             raise ValueError(f"decay={self.decay!r} is not allowed: decay must be 'cosine' or 'none'")
         for name in ("hidden", "depth"):  # None: the benchmark's suggestion

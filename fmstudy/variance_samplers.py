@@ -125,8 +125,9 @@ class VarOpt(_Binned):
             for row, values in enumerate((ones, ones, x, x * x)):
                 new[row].index_add_(0, key, values)
             gamma = 1.0 - 1.0 / self.horizon
-            decay = torch.tensor([gamma, gamma**2, gamma, gamma], dtype=torch.float64, device=self.device)
-            self.sums = decay[:, None, None] * self.sums + new.view(4, m, k)
+            # row by row with Python factors: a tensor of them made here would be a host-to-device copy per step
+            decayed = torch.stack([self.sums[0] * gamma, self.sums[1] * gamma**2, self.sums[2] * gamma, self.sums[3] * gamma])
+            self.sums = decayed + new.view(4, m, k)
         s_hat = self.estimate().clamp(min=0)
         if self.neyman:
             s_hat = (s_hat - self.mean_sq).clamp(min=0)

@@ -159,7 +159,7 @@ class _HostReads(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("sampler", ["uniform", "logit_normal", "loss_second_moment", "grad_norm", "info_snr", "oracle_excess"])
+@pytest.mark.parametrize("sampler", ["uniform", "logit_normal", "loss_second_moment", "grad_norm", "info_snr", "oracle_excess", "var_opt", "var_opt_neyman"])
 def test_a_training_step_never_waits_for_the_device(monkeypatch, sampler):
     """Between checkpoints and feedback passes, a step queues work and reads nothing back.
     On a CPU the mixture's masked transform is switched for the unmasked one a GPU uses."""
@@ -202,7 +202,13 @@ def _same_cell(packed, alone):
     timing = {"wall_seconds", "setup_seconds"}
     assert set(packed.data_vars) == set(alone.data_vars)
     for name in alone.data_vars:
-        if name != "train_seconds":
+        if "adam" in name:
+            # The variance account in Adam's metric sums float32 products whose blocking follows
+            # the number of members (2e-5 apart between a pack and one member alone); training
+            # and every other measurement are bit-exact.
+            scale = np.nanmax(np.abs(alone[name.removesuffix("_bias").removesuffix("_se")].values))
+            np.testing.assert_allclose(packed[name].values, alone[name].values, rtol=1e-4, atol=1e-4 * scale, err_msg=name)
+        elif name != "train_seconds":
             np.testing.assert_array_equal(packed[name].values, alone[name].values, err_msg=name)
     for name in alone.coords:
         np.testing.assert_array_equal(packed[name].values, alone[name].values, err_msg=name)
