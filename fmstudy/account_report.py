@@ -79,7 +79,7 @@ def ceiling_table(ds: xr.Dataset, batch: int, by: str = "sigma", checkpoints: tu
 
 
 def predicted_gains(ds: xr.Dataset, batch: int, metric: str = "adam") -> pd.DataFrame:
-    """Per sampler (rows) of a grid whose other axes are selected: the gain ``V(uniform)/V(q)``
+    """Per unbiased sampler (rows) of a grid whose other axes are selected: the gain ``V(uniform)/V(q)``
     of the sampler's own proposal averaged over the checkpoints after step 0 (its predicted
     noise reduction over training), the ceiling R over the same checkpoints, and the predicted
     speed-up (4.6) at the run's median noise scale."""
@@ -87,6 +87,8 @@ def predicted_gains(ds: xr.Dataset, batch: int, metric: str = "adam") -> pd.Data
     rows = []
     for name in ds.sampler.values:
         s = ds.sel(sampler=name)
+        if "unbiased" in s and not bool(s["unbiased"]):  # V(q) assumes the weights 1/q: not this sampler's estimate
+            continue
         if prefix + "gain_run" not in s or not np.isfinite(s[prefix + "gain_run"].values).any():
             continue
         late = s.isel(checkpoint=slice(1, None))

@@ -9,6 +9,7 @@ training quantities themselves. Colours are fixed per sampler name across the wh
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 
 import matplotlib
@@ -21,6 +22,7 @@ import xarray as xr
 __all__ = [
     "LABELS",
     "band_curves",
+    "ceiling_curves",
     "draw_sample",
     "member_curves",
     "sampler_color",
@@ -51,12 +53,17 @@ LABELS = {
     "checkpoint": "training step",
     "t_bin": "t",
     "train_seconds": "training time (s)",
+    "bin_grad_sq": "S_k = E ||g||² per bin",
+    "bin_grad_sq_adam": "S_k in Adam's metric E[gᵀPg]",
+    "var_ceiling": "ceiling R = V(uniform) / V(q*)",
+    "var_adam_ceiling": "ceiling R in Adam's metric",
 }
 
 # One colour per sampler name, in a fixed order, so a sampler looks the same on every page.
 _ORDER = (
     "uniform", "stratified", "logit_normal", "mode", "beta", "arcsine", "u_shaped",
-    "loss_second_moment", "grad_norm", "learning_progress", "oracle_excess", "info_snr",
+    "loss_second_moment", "grad_norm", "learning_progress", "oracle_excess", "info_snr", "var_opt", "var_opt_neyman",
+    "oracle_qstar", "oracle_qstar_neyman",
 )
 _COLORS = sns.color_palette("tab20", 20)
 
@@ -139,6 +146,29 @@ def t_step_heatmap(da: xr.DataArray, ax: plt.Axes | None = None, log: bool = Tru
     ax.set_yticks(rows[:-1] + 0.5, [f"{int(s)}" for s in steps], fontsize="x-small")
     ax.set(xlabel="t", ylabel=LABELS["checkpoint"], title=title or LABELS.get(da.name, da.name))
     plt.colorbar(mesh, ax=ax, label=LABELS.get(da.name, da.name))
+    return ax
+
+
+def ceiling_curves(ds: xr.Dataset, ax: plt.Axes | None = None, label: str = "") -> plt.Axes:
+    """The ceiling R of the variance account (4.5c) over training, Euclidean and in Adam's
+    metric: mean over members with a band of two standard errors of that mean (the members'
+    spread; one member: its jackknife error)."""
+    ax = _ax(ax)
+    steps = ds["checkpoint"].values
+    for var, ls in (("var_ceiling", "-"), ("var_adam_ceiling", "--")):
+        if var not in ds:
+            continue
+        x = ds[var].values.reshape(-1, steps.size)
+        with warnings.catch_warnings():  # Adam's metric is NaN at step 0 (no step taken yet)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(x, axis=0)
+            se = np.nanstd(x, axis=0, ddof=1) / np.sqrt(np.isfinite(x).sum(0)) if x.shape[0] > 1 else ds[var + "_se"].values.reshape(-1)
+        line = ax.plot(steps, mean, ls=ls, marker=".", label=f"{label}{'Adam metric' if 'adam' in var else 'Euclidean'}")[0]
+        ax.fill_between(steps, mean - 2 * se, mean + 2 * se, color=line.get_color(), alpha=0.2, lw=0)
+    ax.axhline(1.0, color="0.6", lw=0.8)
+    ax.set(xlabel=LABELS["checkpoint"], ylabel="ceiling R = V(uniform) / V(q*)")
+    ax.legend(frameon=False, fontsize="x-small")
+    _step_axis(ax)
     return ax
 
 

@@ -63,7 +63,7 @@ def test_pages_render_math_images_and_links(smoke_book):
             assert not rep.raw_tex and not rep.math_errors and not rep.untypeset_math, (page, rep.raw_tex, rep.math_errors)
             if page.startswith("chapters/"):
                 reachable |= rep.internal_targets
-        for page in ("chapters/02_path_and_oracle.html", "chapters/05_adaptive_allocation.html"):
+        for page in ("chapters/02_path_and_oracle.html", "chapters/06_adaptive_allocation.html"):
             rep = reps[page]
             assert rep.mathjax_ready and rep.math_elements >= 5, (page, rep.math_elements)
         for page in ("chapters/02_path_and_oracle.html", "chapters/03_signal_across_t.html", "notebooks/grid_cell.html", run_pages[0]):
