@@ -82,7 +82,7 @@ class TrainConfig:
     # "plain": u_t; "rb": the Rao-Blackwellised E[u_t | x1, x_t] (same minimiser, less noise for sigma > 0).
     target: str = "plain"
     # An objective-changing weighting of t (fmstudy.weighting: {"name": "min_snr", "gamma": 5}
-    # or {"name": "uncertainty"}), applied on top of the sampler's weights; None: none.
+    # or {"name": "uncertainty"}), applied on top of the sampler's weights; None or {}: none.
     weighting: Mapping[str, Any] | None = None
     # A heterogeneous ensemble (a pack of grid cells): one entry per member, {"seed": int,
     # "sampler": spec, "lr": float}, sampler and lr defaulting to the run's; seeds then
@@ -114,8 +114,9 @@ class TrainConfig:
                              "give 0 (no account) or at least 2 groups that divide probe_per_bin, 2 or more probes each")
         if self.target not in ("plain", "rb"):
             raise ValueError(f"target={self.target!r} is not allowed: target must be 'plain' (u_t) or 'rb' (E[u_t | x1, x_t])")
+        if isinstance(self.weighting, Mapping):  # {} (a grid file's "none") is None
+            object.__setattr__(self, "weighting", dict(self.weighting) or None)
         if self.weighting is not None:
-            object.__setattr__(self, "weighting", dict(self.weighting) if isinstance(self.weighting, Mapping) else self.weighting)
             make_weighting(self.weighting, BrownianBridge(self.sigma, self.t_eps), 1, self.n_bins)  # one-line errors
         if self.decay not in ("cosine", "none"):
             raise ValueError(f"decay={self.decay!r} is not allowed: decay must be 'cosine' or 'none'")
