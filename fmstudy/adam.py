@@ -36,7 +36,7 @@ class FlatParams:
 
     def __init__(self, module: nn.Module) -> None:
         self.params = list(module.parameters())
-        self.n_members = m = self.params[0].shape[0]
+        self.n_members = self.params[0].shape[0]
         self.data = self._flatten(self.params)
         self.grad = torch.zeros_like(self.data)
         self.grads = self._seat(self.params, self.grad, data=False)

@@ -41,8 +41,8 @@ from .paths import BrownianBridge
 from .results import atomic_write
 from .run_state import RunState, checkpoint_steps
 from .samplers import TimeSampler
-from .weighting import make_weighting
 from .step import TrainStep
+from .weighting import make_weighting
 
 __all__ = ["TrainConfig", "TrainResult", "train", "checkpoint_steps", "cell_configs", "member_groups", "build_run"]
 
