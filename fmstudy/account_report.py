@@ -41,17 +41,19 @@ def predicted_speedup(gain: np.ndarray | float, b_noise: np.ndarray | float, bat
 
 
 def _mean_se(da: xr.DataArray, se: xr.DataArray | None) -> tuple[float, float]:
-    """Mean over members and the standard error of that mean: from the members' spread, or
-    from the measurement errors when there is one member (independent members: errors add)."""
+    """Mean over members and a conservative standard error of that mean. Every member of a
+    run is measured on the same fresh probes, so part of the probe error is common to all of
+    them and the members' spread does not show it: the error is taken as
+    ``sqrt(s^2 / n + mean(se_m^2))``, the spread's part plus the members' own (jackknife) probe
+    errors as if fully shared (with one member: its probe error alone)."""
     x = np.asarray(da.values, dtype=float).ravel()
     ok = np.isfinite(x)
     n = int(ok.sum())
     if n == 0:
         return float("nan"), float("nan")
-    if n > 1:
-        return float(x[ok].mean()), float(x[ok].std(ddof=1) / np.sqrt(n))
-    s = np.asarray(se.values, dtype=float).ravel()[ok] if se is not None else np.array([np.nan])
-    return float(x[ok].mean()), float(s[0])
+    spread = x[ok].var(ddof=1) / n if n > 1 else 0.0
+    probe = float(np.mean(np.asarray(se.values, dtype=float).ravel()[ok] ** 2)) if se is not None else 0.0
+    return float(x[ok].mean()), float(np.sqrt(spread + probe))
 
 
 def ceiling_table(ds: xr.Dataset, batch: int, by: str = "sigma", checkpoints: tuple[int, ...] = (1, -1)) -> pd.DataFrame:
@@ -70,6 +72,8 @@ def ceiling_table(ds: xr.Dataset, batch: int, by: str = "sigma", checkpoints: tu
                                ("R stratified (Adam)", "var_adam_ceiling_strat")):
                 if var in at:
                     row[label], row[label + " se"] = _mean_se(at[var], at.get(var + "_se"))
+                    if var == "var_adam_ceiling" and var + "_bias" in at:  # the plug-in's jackknife bias, to read against its error
+                        row[label + " bias"] = float(np.nanmean(at[var + "_bias"].values))
             if "var_adam_full_sq" in at:
                 bn = noise_scale(at).values.ravel()
                 row["B_noise / B (Adam)"] = float(np.median(bn)) / batch

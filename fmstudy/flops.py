@@ -80,12 +80,15 @@ def training_flops(
     extra_backward: np.ndarray | int = 0,
     train_norm: str = "none",
     extra_norm: str = "euclid",
+    norm_fraction: float = 1.0,
 ) -> np.ndarray:
     """C(s) (F.5): training FLOPs per member up to each of ``steps`` (e.g. a run's checkpoint
-    steps, with its ``extra_forward``/``extra_backward`` at those checkpoints)."""
+    steps, with its ``extra_forward``/``extra_backward`` at those checkpoints).
+    ``norm_fraction``: the share of training samples whose norm is computed (the trainer takes
+    Adam-metric norms on every ``norm_stride``-th sample only: 1 / norm_stride)."""
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} is not allowed: batch_size must be an integer >= 1")
     f, b = forward_flops(config), backward_flops(config)
-    per_sample = f + b + norm_flops(config, train_norm)
+    per_sample = f + b + norm_flops(config, train_norm) * norm_fraction
     steps, ef, eb = (np.asarray(v, dtype=float) for v in (steps, extra_forward, extra_backward))
     return steps * batch_size * per_sample + ef * f + eb * (b + norm_flops(config, extra_norm))

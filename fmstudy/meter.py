@@ -40,10 +40,11 @@ class CheckpointMeter:
 
     def __init__(
         self, bench: Benchmark, path: BrownianBridge, probes: ProbeSet, oracle: BridgeOracle | None, device: torch.device,
-        account_groups: int = 0,
+        account_groups: int = 0, target: str = "plain",
     ) -> None:
         self.bench, self.path, self.probes, self.oracle, self.device = bench, path, probes, oracle, device
         self.account_groups = account_groups  # 0: no variance account
+        self.target = target  # the account is of the estimator being trained: u_t or the Rao-Blackwellised target
         self.records: dict[str, Any] = {}
         self._heldout = self._heldout_batch()
         self._quadrature = None
@@ -78,7 +79,7 @@ class CheckpointMeter:
         ``masses [M, K]`` as ``run``; Adam's metric too when ``precond`` is given, else NaN."""
         k, per_bin = self.probes.n_bins, self.probes.per_bin
         probes = fresh_probes(self.bench, k, per_bin, self.path.t_eps, key=key)
-        euclid, adam = measure_variance(model, self.path, probes, groups or self.account_groups, precond=precond)
+        euclid, adam = measure_variance(model, self.path, probes, groups or self.account_groups, precond=precond, target=self.target)
         if adam is not None:
             return variance_record(euclid, adam, {"run": masses})
         # Before Adam's first step its metric does not exist: the same names, NaN.

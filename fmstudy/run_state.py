@@ -90,7 +90,7 @@ class RunState:
         self.train_seconds = 0.0
         self.extra = {"forward": [0] * m, "backward": [0] * m}  # per member: its sampler's probe work
         self.checkpoints = checkpoint_steps(cfg.steps, cfg.n_checkpoints, cfg.warmup_steps)
-        self.meter = CheckpointMeter(self.bench, self.path, self.probes, self.oracle, self.device, cfg.variance_groups)
+        self.meter = CheckpointMeter(self.bench, self.path, self.probes, self.oracle, self.device, cfg.variance_groups, cfg.target)
         # An objective-changing weighting; a learned one (uncertainty) has its own Adam, at the
         # run's base rate without schedule, elementwise, so each member's table is its own.
         self.weighting = None

@@ -160,6 +160,7 @@ def measure_variance(
     groups: int = 8,
     precond: tuple[list[Tensor], list[Tensor]] | None = None,
     bins_per_pass: int = 1,
+    target: str = "plain",
 ) -> tuple[GradientMoments, GradientMoments | None]:
     """Unbiased gradient moments per bin for the variance account (4.5), Euclidean and, with
     Adam's ``precond`` (:func:`fmstudy.models.adam_preconditioner`), in Adam's metric.
@@ -178,7 +179,11 @@ def measure_variance(
     per layer and group (no per-sample gradient is stored). Cost: ``n_bins / bins_per_pass``
     forward and backward passes of ``bins_per_pass * per_bin`` points per member; memory grows
     with ``bins_per_pass * groups * M * (weights)``. The model's ``.grad`` is not touched.
+    ``target``: the regression target of the estimator being accounted for, ``"plain"`` (u_t)
+    or ``"rb"`` (the Rao-Blackwellised ``E[u_t | x1, x_t]``, :meth:`BrownianBridge.rb_target`).
     """
+    if target not in ("plain", "rb"):
+        raise ValueError(f"target={target!r} is not allowed: target must be 'plain' or 'rb'")
     groups = check_int("groups", groups, 2)
     bins_per_pass = check_int("bins_per_pass", bins_per_pass, 1)
     k_all, per = probes.n_bins, probes.per_bin
@@ -203,9 +208,10 @@ def measure_variance(
             for v in (probes.t, probes.x0, probes.x1, probes.eps)
         )
         s = path.sample(x0, x1, t, eps, check=False)
+        y = path.rb_target(x1, s.xt, t) if target == "rb" else s.ut
         trace: list = []
         with torch.enable_grad():
-            per_sample = ((model(s.xt, t, trace=trace) - s.ut) ** 2).mean(-1)  # [M, c * per]
+            per_sample = ((model(s.xt, t, trace=trace) - y) ** 2).mean(-1)  # [M, c * per]
             deltas = torch.autograd.grad(per_sample.sum(), [pre for _, pre in trace])
         norms = {"euclid": per_sample_grad_sq(trace, deltas)}
         if precond is not None:

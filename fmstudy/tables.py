@@ -100,8 +100,12 @@ def model_of(ds: xr.Dataset) -> tuple[MLPConfig, int]:
 
 
 def run_flops(cell: xr.Dataset, model: MLPConfig, batch_size: int, label: str) -> np.ndarray:
-    """Training FLOPs per member at each checkpoint of one cell (flops.py, F.5)."""
+    """Training FLOPs per member at each checkpoint of one cell (flops.py, F.5); Adam-metric
+    norms are charged on the 1 / norm_stride of the samples the trainer computes them for
+    (the cell's ``norm_stride``, else the grid's, else TrainConfig's default 8)."""
     train, extra = sampler_norms(label)
+    fixed = json.loads(cell.attrs.get("fixed") or "{}")
+    stride = int(cell["norm_stride"].values.item()) if "norm_stride" in cell.coords else int(fixed.get("norm_stride", 8))
     return training_flops(
         model,
         cell.checkpoint.values,
@@ -110,6 +114,7 @@ def run_flops(cell: xr.Dataset, model: MLPConfig, batch_size: int, label: str) -
         np.nan_to_num(cell["extra_backward"].values),
         train,
         extra,
+        norm_fraction=1.0 / stride if train == "adam" else 1.0,
     )
 
 

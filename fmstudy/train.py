@@ -112,12 +112,20 @@ class TrainConfig:
                                      or self.probe_per_bin // self.variance_groups < 2):
             raise ValueError(f"variance_groups={self.variance_groups} is not allowed with probe_per_bin={self.probe_per_bin}: "
                              "give 0 (no account) or at least 2 groups that divide probe_per_bin, 2 or more probes each")
+        fresh = {"var_opt_neyman", "oracle_qstar", "oracle_qstar_neyman"} & {
+            str(s.get("name")) for s in [self.sampler, *[m.get("sampler", {}) for m in (self.members or ())]] if isinstance(s, Mapping)}
+        if fresh and not self.variance_groups and self.probe_per_bin % 4:
+            raise ValueError(f"probe_per_bin={self.probe_per_bin} is not allowed for sampler {sorted(fresh)[0]!r} without the variance "
+                             "account: its fresh-probe moments use 4 groups, so give a multiple of 4 (or set variance_groups)")
         if self.target not in ("plain", "rb"):
             raise ValueError(f"target={self.target!r} is not allowed: target must be 'plain' (u_t) or 'rb' (E[u_t | x1, x_t])")
         if isinstance(self.weighting, Mapping):  # {} (a grid file's "none") is None
             object.__setattr__(self, "weighting", dict(self.weighting) or None)
         if self.weighting is not None:
             make_weighting(self.weighting, BrownianBridge(self.sigma, self.t_eps), 1, self.n_bins)  # one-line errors
+            if self.members is not None and len({m.get("lr", self.lr) for m in self.members}) > 1:
+                # a learned weighting has one optimiser at one rate: a member would not learn as it would alone
+                raise ValueError("weighting with members of different lr is not allowed: pack only cells with one lr when a weighting is set")
         if self.decay not in ("cosine", "none"):
             raise ValueError(f"decay={self.decay!r} is not allowed: decay must be 'cosine' or 'none'")
         for name in ("hidden", "depth"):  # None: the benchmark's suggestion

@@ -54,7 +54,8 @@ def test_ceiling_table_means_errors_and_prediction():
     table = ceiling_table(ds, batch=64)
     row = table.loc[(0.0, 10)]
     assert row["R"] == pytest.approx(1.6)
-    assert row["R se"] == pytest.approx(np.std([1.4, 1.8], ddof=1) / np.sqrt(2))
+    # the members' spread plus their probe errors as if shared (0.01 each)
+    assert row["R se"] == pytest.approx(np.sqrt(np.var([1.4, 1.8], ddof=1) / 2 + 0.01**2))
     assert table.loc[(1.0, 20), "R (Adam)"] == pytest.approx(2 * 1.8)
     # B_noise = 64 / 1 = 64 = B: predicted speed-up (1 + 1) / (1 + 1 / R), median over members
     expect = np.median([2 / (1 + 1 / 1.6), 2 / (1 + 1 / 2.0)])

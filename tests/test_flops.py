@@ -60,3 +60,13 @@ def test_training_flops_adds_the_samplers_extra_passes():
     want = steps * 4 * (f + b + ne) + np.array([0, 100, 200]) * f + np.array([0, 50, 100]) * (b + ne)
     np.testing.assert_array_equal(got, want)
     assert training_flops(cfg, 5, 2)[()] == 5 * 2 * (f + b)
+
+
+def test_norms_on_a_subset_of_the_batch_are_charged_for_that_subset():
+    cfg = MLPConfig(dim=2, hidden=16, depth=2)
+    f, b, na = forward_flops(cfg), backward_flops(cfg), norm_flops(cfg, "adam")
+    steps = np.array([0, 10, 20])
+    got = training_flops(cfg, steps, 64, train_norm="adam", norm_fraction=1 / 8)
+    np.testing.assert_allclose(got, steps * 64 * (f + b + na / 8))
+    # every eighth sample of a 64-batch: 8 norms a step, as the trainer computes them
+    assert got[1] - training_flops(cfg, steps, 64)[1] == pytest.approx(10 * 8 * na)
