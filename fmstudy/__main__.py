@@ -53,6 +53,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("file", help="grid file (YAML), e.g. papermill_params/quick.yaml")
     g.add_argument("--executor", choices=("local", "slurm"), default="local")
     g.add_argument("--jobs", type=int, default=1, help="local worker processes (one GPU each when several are visible)")
+    g.add_argument("--pack-size", type=int, default=None, metavar="N",
+                   help="run at most N cells that differ only in sampler, lr and seeds as one ensemble "
+                        "(default: 4 on CPU, 8 with CUDA; 1: each cell alone)")
     g.add_argument("--force", action="store_true", help="rerun finished cells too")
     g.add_argument("--results", help="results folder (default: the grid file's 'results')")
     g.add_argument("--pages", help="folder of executed notebooks (default: the grid file's 'pages')")
@@ -84,14 +87,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             grid = load_grid(args.file, args.results, args.pages, limits)
             from .runner import preflight, run_grid
 
-            preflight(grid, args.executor, args.jobs, slurm, args.cluster, dry_run=args.dry_run)
+            preflight(grid, args.executor, args.jobs, slurm, args.cluster, dry_run=args.dry_run, pack_size=args.pack_size)
             if args.dry_run:
+                from .packrun import make_packs, pack_notebook
+                from .runner import default_pack_size
+
+                todo = []
                 for cell in grid.cells:
-                    state = "finished" if is_finished(grid.results, cell.id, grid.pages) else "to run"
-                    print(cell.id, cell.grid, dict(cell.labels), state)
-                print(f"{args.file}: {len(grid.cells)} cells, results in {grid.results}, pages in {grid.pages}")
+                    finished = is_finished(grid.results, cell.id, grid.pages)
+                    todo += [] if finished and not args.force else [cell]
+                    print(cell.id, cell.grid, dict(cell.labels), "finished" if finished else "to run")
+                size = (default_pack_size() if args.pack_size is None else args.pack_size) if pack_notebook(grid.notebook) else 1
+                print(f"{args.file}: {len(grid.cells)} cells ({len(todo)} to run in {len(make_packs(todo, size))} executions of at most "
+                      f"{size} cells), results in {grid.results}, pages in {grid.pages}")
                 return 0
-            summary = run_grid(grid, args.executor, args.jobs, args.force, slurm, args.cluster, progress=not args.quiet)
+            summary = run_grid(grid, args.executor, args.jobs, args.force, slurm, args.cluster, progress=not args.quiet,
+                               pack_size=args.pack_size)
             print(summary.text(grid))
             return 1 if summary.failed else 0
         from .results import write_netcdf

@@ -26,11 +26,11 @@ from .gridfile import Cell, Grid
 from .results import atomic_write
 from .store import is_finished, record_path, write_json
 
-__all__ = ["run_cell", "silence_teardown"]
+__all__ = ["base_record", "claim", "clear_cell", "decorate_page", "kernel_manager", "run_cell", "silence_teardown"]
 
 
 @contextlib.contextmanager
-def _claim(results: Path, cid: str) -> Iterator[bool]:
+def claim(results: Path, cid: str) -> Iterator[bool]:
     """Hold an exclusive ``flock`` on the cell's lock file; yields False if another process holds it.
 
     The file is removed when the cell is done, while still locked. A process that opened it
@@ -63,6 +63,31 @@ def _claim(results: Path, cid: str) -> Iterator[bool]:
         os.close(fd)
 
 
+def clear_cell(grid: Grid, cid: str) -> None:
+    """Before a (claimed) cell runs: remove its result, record and failed page, and what a
+    killed run left (atomic_write's temporaries start with '.' + the final name, and the running
+    page's own name starts with '.', hence '..<id>.running.json.*.tmp')."""
+    cells_dir = grid.results / "cells"
+    for folder, pattern in itertools.product((cells_dir, grid.pages), (f".{cid}.*", f"..{cid}.*")):
+        for stale in folder.glob(pattern):
+            stale.unlink(missing_ok=True)
+    for old in (cells_dir / f"{cid}.nc", record_path(grid.results, cid), cells_dir / f"{cid}.failed.ipynb"):
+        old.unlink(missing_ok=True)
+    grid.pages.mkdir(parents=True, exist_ok=True)
+
+
+def base_record(grid: Grid, cell: Cell) -> dict[str, Any]:
+    """A cell's record before its outcome (status, seconds, error) is known."""
+    page = grid.pages / f"{cell.id}.ipynb"
+    return {
+        "id": cell.id, "grid_file": str(grid.file), "grid": cell.grid, "notebook": grid.notebook.name,
+        "params": dict(cell.params), "labels": dict(cell.labels),
+        "grids": list(cell.grids), "grid_axes": {g: grid.grid_axes[g] for g in cell.grids},
+        # relative to the results folder, so a moved checkout still finds it (fmstudy.store)
+        "page": os.path.relpath(page, grid.results), "fmstudy_version": __version__, "host": os.uname().nodename,
+    }
+
+
 def _page_title(cell: Cell) -> str:
     labels = dict(cell.labels)
     if "benchmark" in cell.params and "benchmark" not in labels:  # always say what data it ran on
@@ -70,8 +95,9 @@ def _page_title(cell: Cell) -> str:
     return "Run " + ", ".join(f"{k} = {v}" for k, v in labels.items())
 
 
-def _decorate_page(path: Path, cell: Cell) -> None:
-    """Give the executed notebook a title of its own and a table of every parameter at the top."""
+def decorate_page(path: Path, cell: Cell, note: str = "") -> None:
+    """Give the executed notebook a title of its own and a table of every parameter at the top
+    (``note``: a paragraph after the table, e.g. that the page is a pack's)."""
     import nbformat
 
     nb = nbformat.read(path, as_version=4)
@@ -79,6 +105,7 @@ def _decorate_page(path: Path, cell: Cell) -> None:
     head = (
         f"# {_page_title(cell)}\n\nOne grid cell, executed by `python -m fmstudy grid` (cell id `{cell.id}`, "
         f"sub-grid `{cell.grid}`, fmstudy {__version__}). Parameters:\n\n| parameter | value |\n| --- | --- |\n{rows}\n"
+        + (f"\n{note}\n" if note else "")
     )
     nb.cells.insert(0, nbformat.v4.new_markdown_cell(head))
     for c in nb.cells[1:]:  # the notebook's own title would be a second h1 on the page
@@ -88,16 +115,20 @@ def _decorate_page(path: Path, cell: Cell) -> None:
     atomic_write(path, lambda tmp: nbformat.write(nb, tmp))
 
 
-def _kernel_manager(log: Any) -> type:
+def kernel_manager(log: Any, results: Path | None = None) -> type:
     """A kernel manager whose kernel writes its own stderr into the cell's log. There its lines
     belong: ipykernel's warning on every start that its localhost TCP sockets are not encrypted,
     and the errors of a kernel whose client went away (Ctrl-C), which otherwise fill the
-    terminal. (Its transport stays TCP: IPC broke parallel kernels.)"""
+    terminal. (Its transport stays TCP: IPC broke parallel kernels.) With ``results``, the
+    kernel's ``FMSTUDY_FLOOR_CACHE`` is ``results/floors`` unless set already: noise floors are
+    computed once per benchmark and sample size and shared by the grid's cells (:mod:`fmstudy.evaluate`)."""
     from jupyter_client.manager import AsyncKernelManager
 
     class LoggedKernelManager(AsyncKernelManager):
         async def start_kernel(self, **kw: Any) -> None:
             kw.setdefault("stderr", log)
+            if results is not None:
+                kw.setdefault("env", {"FMSTUDY_FLOOR_CACHE": str(results / "floors"), **os.environ})
             await super().start_kernel(**kw)
 
     return LoggedKernelManager
@@ -110,30 +141,17 @@ def run_cell(grid: Grid, cell: Cell, force: bool = False) -> dict[str, Any]:
     import papermill
 
     results, cells_dir = grid.results, grid.results / "cells"
-    with _claim(results, cell.id) as mine:
+    with claim(results, cell.id) as mine:
         if not mine:
             return {"id": cell.id, "status": "claimed"}
         if not force and is_finished(results, cell.id, grid.pages):
             return {"id": cell.id, "status": "skipped"}
-        # temporary files of a killed run: atomic_write's names start with '.' + the final name,
-        # and the running page's own name starts with '.', hence '..<id>.running.json.*.tmp'
-        for folder, pattern in itertools.product((cells_dir, grid.pages), (f".{cell.id}.*", f"..{cell.id}.*")):
-            for stale in folder.glob(pattern):
-                stale.unlink(missing_ok=True)
+        clear_cell(grid, cell.id)
         failed_page = cells_dir / f"{cell.id}.failed.ipynb"
-        for old in (cells_dir / f"{cell.id}.nc", record_path(results, cell.id), failed_page):
-            old.unlink(missing_ok=True)
-        grid.pages.mkdir(parents=True, exist_ok=True)
         # the temporary page has no .ipynb suffix, so a book built meanwhile never picks it up
         page, tmp_page = grid.pages / f"{cell.id}.ipynb", grid.pages / f".{cell.id}.running.json"
         log = cells_dir / f"{cell.id}.log"
-        record: dict[str, Any] = {
-            "id": cell.id, "grid_file": str(grid.file), "grid": cell.grid, "notebook": grid.notebook.name,
-            "params": dict(cell.params), "labels": dict(cell.labels),
-            "grids": list(cell.grids), "grid_axes": {g: grid.grid_axes[g] for g in cell.grids},
-            # relative to the results folder, so a moved checkout still finds it (fmstudy.store)
-            "page": os.path.relpath(page, results), "fmstudy_version": __version__, "host": os.uname().nodename,
-        }
+        record = base_record(grid, cell)
         tic = time.perf_counter()
         try:
             log.write_text("")
@@ -142,9 +160,9 @@ def run_cell(grid: Grid, cell: Cell, force: bool = False) -> dict[str, Any]:
                     str(grid.notebook), str(tmp_page),
                     parameters={**cell.params, "output": str(cells_dir / f"{cell.id}.nc"), "cell_id": cell.id},
                     progress_bar=False, log_output=True, stdout_file=out, stderr_file=out, cwd=str(grid.notebook.parent),
-                    kernel_manager_class=_kernel_manager(out),
+                    kernel_manager_class=kernel_manager(out, results),
                 )
-            _decorate_page(tmp_page, cell)
+            decorate_page(tmp_page, cell)
             os.replace(tmp_page, page)
             record.update(status="ok", seconds=time.perf_counter() - tic)
         except Exception as err:

@@ -26,16 +26,26 @@ returns ``[M, n, d]``) and a benchmark:
   same P points: an estimate of the data's entropy, the best *expected* NLL any model can
   reach (cross-entropy >= entropy). It is not a two-sample floor, hence its own name.
 
+The floors depend on the benchmark and the sample size only, not on the model, so they are
+computed once and cached on disk when a cache folder is given (``floor_cache``, default
+``$FMSTUDY_FLOOR_CACHE``, which the grid runner sets to ``<results>/floors``): one JSON file per
+content address, the SHA-256 of everything a floor is a function of (the reference and real
+sets' bytes, the metrics, their sizes and bandwidths, the classifier's weights for Frechet,
+fmstudy's version), written atomically. A file that cannot be read is recomputed and rewritten.
+
 A member whose samples (or log-likelihoods) are not all finite, e.g. one frozen after
 diverging, gets NaN for that metric; the others are unaffected (members never mix).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +55,7 @@ from torch import Tensor
 
 from . import metrics
 from .checks import check_int
-from .results import SCHEMA
+from .results import SCHEMA, atomic_write
 from .solvers import log_likelihood, nfe, ode_sample
 
 __all__ = ["FLOOR_SEED", "NLL_MAX_DIM", "SampleQuality", "add_sample_quality", "sample_quality"]
@@ -97,6 +107,38 @@ def _floor(metric: Metric, reals: list[Tensor], ref: Tensor) -> tuple[float, flo
     return float(vals.mean()), float(vals.std(ddof=1))
 
 
+def _floor_key(table: Mapping[str, Metric], reals: list[Tensor], ref: Tensor, parts: Mapping[str, Any], clf: Any) -> str:
+    """The floors' content address: SHA-256 of every input they are a function of."""
+    from . import __version__
+
+    h = hashlib.sha256(json.dumps({"metrics": sorted(table), "version": __version__, **parts}, sort_keys=True, default=str).encode())
+    for x in (ref, *reals):
+        h.update(str(tuple(x.shape)).encode())
+        h.update(x.contiguous().numpy().tobytes())
+    if clf is not None:  # the Frechet floor is in the classifier's features
+        for name, value in sorted(clf.state_dict().items()):
+            h.update(name.encode())
+            h.update(value.detach().to("cpu").contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _floors(table: Mapping[str, Metric], reals: list[Tensor], ref: Tensor, cache: str | os.PathLike | None, key: Callable[[], str]) -> dict[str, tuple[float, float]]:
+    """:func:`_floor` of every metric, read from / written to ``cache/<key>.json`` when ``cache`` is set."""
+    if not cache:
+        return {k: _floor(f, reals, ref) for k, f in table.items()}
+    path = Path(cache) / f"{key()}.json"
+    try:
+        stored = json.loads(path.read_text())
+        if set(stored) == set(table):
+            return {k: (float(v[0]), float(v[1])) for k, v in stored.items()}
+    except (OSError, ValueError, TypeError, IndexError, AttributeError):  # missing or unreadable: recomputed
+        pass
+    floors = {k: _floor(f, reals, ref) for k, f in table.items()}
+    # JSON keeps a float64 exactly (repr round-trips), so a cached floor is the computed one
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({k: list(v) for k, v in floors.items()}, sort_keys=True)))
+    return floors
+
+
 def sample_quality(
     model: Callable[[Tensor, Tensor], Tensor],
     bench: Any,
@@ -109,13 +151,15 @@ def sample_quality(
     nll_points: int = 500,
     t1: float = 1.0,
     floor_repeats: int = 5,
+    floor_cache: str | os.PathLike | None = None,
 ) -> SampleQuality:
     """Evaluate every member of ``model`` on ``bench`` (a :class:`~fmstudy.data.Benchmark`);
     see the module docstring for the metrics. Deterministic: ``x0`` comes from a generator
     seeded ``seed``, the floor's real sets from one seeded ``FLOOR_SEED``. The ODE (and the
     NLL's augmented ODE, with the same ``method`` and ``ode_steps``) runs on the model's
     device and dtype; the metrics run on CPU in float64. ``t1 < 1`` stops short of t = 1 (as
-    training's ``t_eps`` does) and scores the held-out points as draws at ``t1``."""
+    training's ``t_eps`` does) and scores the held-out points as draws at ``t1``. ``floor_cache``:
+    the folder of cached floors (default ``$FMSTUDY_FLOOR_CACHE``; unset or empty: none)."""
     held = bench.heldout
     n = check_int("n_samples", n_samples, 2, len(held), why=f" (the held-out set has {len(held)} rows)")
     n_w2 = min(n, check_int("w2_points", w2_points, 1))
@@ -142,11 +186,14 @@ def sample_quality(
         "energy": metrics.energy_distance,
         "w2": lambda x, y: metrics.wasserstein2(x[:n_w2], y[:n_w2]),
     }
+    clf = None
     if getattr(bench, "train_labels", None) is not None and getattr(bench, "heldout_labels", None) is not None:
         clf = metrics.classifier_for(bench)  # trained once and cached on disk
         table["frechet"] = lambda x, y: metrics.classifier_frechet(bench, x, y, clf)
     values = {k: _per_member(f, samples, ref) for k, f in table.items()}
-    floors = {k: _floor(f, reals, ref) for k, f in table.items()}
+    cache = os.environ.get("FMSTUDY_FLOOR_CACHE") if floor_cache is None else floor_cache
+    parts = {"n": n, "w2_points": n_w2, "repeats": repeats, "floor_seed": FLOOR_SEED, "bandwidths": list(bandwidths)}
+    floors = _floors(table, reals, ref, cache, lambda: _floor_key(table, reals, ref, parts, clf))
 
     nll_true = None
     if bench.dim <= NLL_MAX_DIM:

@@ -1,4 +1,5 @@
-"""Executing a grid: its unfinished cells (each by :func:`fmstudy.cellrun.run_cell`) in this
+"""Executing a grid: its unfinished cells, one by one (:func:`fmstudy.cellrun.run_cell`) or in
+packs that share one ensemble (:func:`fmstudy.packrun.run_pack`, ``pack_size`` cells at most), in this
 process, a local process pool (one GPU per worker when several are visible) or a submitit job
 array, after checks of the run's settings that write nothing (:func:`preflight`, which the dry
 run makes too); a summary, and a line per run in ``runs.jsonl``.
@@ -16,12 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cellrun import run_cell, silence_teardown
+from .cellrun import silence_teardown
 from .checks import check_int
 from .gridfile import Cell, Grid
+from .packrun import make_packs, pack_notebook, run_pack
 from .store import GridError, is_finished
 
-__all__ = ["Summary", "preflight", "run_grid"]
+__all__ = ["Summary", "default_pack_size", "preflight", "run_grid"]
+
+GPU_PACK_SIZE = 8  # cells per pack on a GPU: a 10-seed cell alone cannot fill one
+# On the 2-core CPU, 4 cells of 3 seeds (gmm8, 300 steps) took 43-75 s packed against 83-117 s
+# one by one (3 runs each, interleaved; ratio 1.5-2.0): a step's fixed cost and each kernel's
+# start dominate small ensembles there too.
+CPU_PACK_SIZE = 4
 
 
 @dataclass
@@ -72,14 +80,22 @@ def _init_worker(counter: Any, gpus: list[str], threads: int) -> None:
         os.environ.setdefault(var, str(threads))
 
 
-def _pool_cell(grid: Grid, cell: Cell, force: bool) -> dict[str, Any]:
-    """:func:`run_cell` in a pool worker: Ctrl-C interrupts the cell it runs (which cleans up
+def default_pack_size() -> int:
+    """Cells per pack when ``--pack-size`` is not given: ``GPU_PACK_SIZE`` when CUDA is
+    available, else ``CPU_PACK_SIZE`` (measured: see its comment)."""
+    import torch
+
+    return GPU_PACK_SIZE if torch.cuda.is_available() else CPU_PACK_SIZE
+
+
+def _pool_pack(grid: Grid, cells: list[Cell], force: bool) -> list[dict[str, Any]]:
+    """:func:`run_pack` in a pool worker: Ctrl-C interrupts the cell it runs (which cleans up
     after itself), while an idle worker ignores it (no traceback from a worker waiting for work)."""
     import signal
 
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return run_cell(grid, cell, force)
+        return run_pack(grid, cells, force)
     except KeyboardInterrupt:
         silence_teardown(stderr=True)  # the worker is done
         raise
@@ -139,14 +155,16 @@ def _slurm_executor(grid: Grid, slurm: Mapping[str, Any] | None, cluster: str | 
 
 
 def preflight(grid: Grid, executor: str = "local", jobs: int = 1, slurm: Mapping[str, Any] | None = None,
-              cluster: str | None = None, dry_run: bool = False) -> Any:
+              cluster: str | None = None, dry_run: bool = False, pack_size: int | None = 1) -> Any:
     """Every check of a run's settings that needs no cell to run (the dry run makes them too):
-    executor, jobs, papermill installed (not for a dry run), submitit's parameters, results and
+    executor, jobs, pack size, papermill installed (not for a dry run), submitit's parameters, results and
     pages folders writable. Writes nothing; returns the Slurm executor's factory (or None)."""
     if executor not in ("local", "slurm"):
         raise GridError(f"executor={str(executor)[:40]!r} is not allowed: executor must be 'local' or 'slurm'")
     try:
         check_int("jobs", jobs, 1)
+        if pack_size is not None:
+            check_int("pack_size", pack_size, 1, why=" (cells per pack)")
     except ValueError as err:
         raise GridError(str(err)) from None
     if not dry_run:
@@ -165,17 +183,22 @@ def run_grid(
     slurm: Mapping[str, Any] | None = None,
     cluster: str | None = None,
     progress: bool = True,
+    pack_size: int | None = None,
 ) -> Summary:
     """Run every unfinished cell of ``grid`` and return the summary (see the module docstring).
 
     ``executor="local"`` runs cells in this process (``jobs=1``) or a pool of ``jobs`` worker
     processes, one GPU each when several are visible; ``"slurm"`` submits a submitit job array
     with the grid file's ``slurm`` resources updated by ``slurm`` (``cluster`` picks submitit's
-    ``"local"`` or ``"debug"`` executor instead of Slurm, for tests) and waits for it."""
+    ``"local"`` or ``"debug"`` executor instead of Slurm, for tests) and waits for it.
+    ``pack_size``: at most this many cells that differ only in sampler, lr and seeds run as one
+    ensemble (:mod:`fmstudy.packrun`; None: :func:`default_pack_size`; 1: each cell alone); a
+    notebook without a ``*_pack.ipynb`` sibling runs each cell alone."""
     from tqdm import tqdm
 
-    make_executor = preflight(grid, executor, jobs, slurm, cluster)
+    make_executor = preflight(grid, executor, jobs, slurm, cluster, pack_size=pack_size)
     jobs = int(jobs)
+    size = default_pack_size() if pack_size is None else int(pack_size)
     try:
         (grid.results / "cells").mkdir(parents=True, exist_ok=True)
         grid.pages.mkdir(parents=True, exist_ok=True)
@@ -184,11 +207,13 @@ def run_grid(
     summary, tic = Summary(), time.perf_counter()
     todo = [c for c in grid.cells if force or not is_finished(grid.results, c.id, grid.pages)]
     summary.skipped = len(grid.cells) - len(todo)
+    packs = make_packs(todo, size if pack_notebook(grid.notebook) is not None else 1)
     bar = tqdm(total=len(grid.cells), initial=summary.skipped, unit="cell", disable=not progress, desc=grid.file.name, file=sys.stderr)
     if executor == "local" and jobs == 1:
-        for cell in todo:
-            summary.add(run_cell(grid, cell, force))
-            bar.update(1)
+        for pack in packs:
+            for record in run_pack(grid, pack, force):
+                summary.add(record)
+            bar.update(len(pack))
     elif executor == "local":
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -196,10 +221,11 @@ def run_grid(
         ctx = mp.get_context("spawn")
         pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker, initargs=(ctx.Value("i", 0), _visible_gpus(), max(1, (os.cpu_count() or 1) // jobs)))
         try:
-            futures = [pool.submit(_pool_cell, grid, cell, force) for cell in todo]
+            futures = [pool.submit(_pool_pack, grid, pack, force) for pack in packs]
             for fut in as_completed(futures):
-                summary.add(fut.result())
-                bar.update(1)
+                for record in fut.result():
+                    summary.add(record)
+                    bar.update(1)
         except BaseException:  # Ctrl-C: queued cells are cancelled, running ones interrupted (and cleaned up)
             import signal
 
@@ -211,21 +237,24 @@ def run_grid(
         pool.shutdown()
     else:
         ex = make_executor()
-        jobs_ = ex.map_array(run_cell, [grid] * len(todo), todo, [force] * len(todo)) if todo else []
+        jobs_ = ex.map_array(run_pack, [grid] * len(packs), packs, [force] * len(packs)) if packs else []
         if jobs_:
-            print(f"submitted {len(jobs_)} cells as job array {jobs_[0].job_id.split('_')[0]} (logs: {grid.results / 'slurm'})", file=sys.stderr)
-        for cell, job in zip(todo, jobs_):
+            print(f"submitted {len(todo)} cells in {len(jobs_)} jobs as job array {jobs_[0].job_id.split('_')[0]} "
+                  f"(logs: {grid.results / 'slurm'})", file=sys.stderr)
+        for pack, job in zip(packs, jobs_):
             try:
-                summary.add(job.result())
+                for record in job.result():
+                    summary.add(record)
             except Exception as err:  # noqa: BLE001 - the job itself died (time limit, node failure): record it
                 last = (str(err).strip().splitlines() or [""])[-1]
-                summary.add({"id": cell.id, "status": "failed", "labels": dict(cell.labels),
-                             "error": f"slurm job {job.job_id}: {type(err).__name__}: {last}"[:500], "log": str(job.paths.stderr)})
-            bar.update(1)
+                for cell in pack:
+                    summary.add({"id": cell.id, "status": "failed", "labels": dict(cell.labels),
+                                 "error": f"slurm job {job.job_id}: {type(err).__name__}: {last}"[:500], "log": str(job.paths.stderr)})
+            bar.update(len(pack))
     bar.close()
     summary.seconds = time.perf_counter() - tic
     log = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "grid_file": str(grid.file), "executor": executor, "jobs": jobs,
-           "cells": len(grid.cells), "ran": summary.ran, "skipped": summary.skipped, "failed": len(summary.failed),
+           "cells": len(grid.cells), "pack_size": size, "packs": len(packs), "ran": summary.ran, "skipped": summary.skipped, "failed": len(summary.failed),
            "claimed": summary.claimed, "seconds": round(summary.seconds, 1), "host": os.uname().nodename, "cpus": os.cpu_count()}
     with open(grid.results / "runs.jsonl", "a") as out:  # the book quotes how long a profile took
         out.write(json.dumps(log) + "\n")
