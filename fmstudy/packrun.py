@@ -50,8 +50,11 @@ def pack_notebook(notebook: Path) -> Path | None:
 
 
 def pack_key(cell: Cell) -> str:
-    """Cells with one key can share an ensemble: every parameter but sampler, lr and seeds equal."""
-    return json.dumps({k: v for k, v in cell.params.items() if k not in PER_PACK}, sort_keys=True, default=str)
+    """Cells with one key can share an ensemble: every parameter but sampler, lr and seeds equal
+    (and lr too under an objective-changing weighting, whose one optimiser has one rate: the
+    engine refuses such packs)."""
+    free = PER_PACK if not cell.params.get("weighting") else tuple(k for k in PER_PACK if k != "lr")
+    return json.dumps({k: v for k, v in cell.params.items() if k not in free}, sort_keys=True, default=str)
 
 
 def make_packs(cells: list[Cell], size: int) -> list[list[Cell]]:

@@ -22,7 +22,7 @@ import yaml
 pytest.importorskip("papermill")
 
 from fmstudy.__main__ import main
-from fmstudy.grid import collect, is_finished, load_grid, run_grid
+from fmstudy.grid import Cell, collect, is_finished, load_grid, run_grid
 from fmstudy.packrun import make_packs
 from fmstudy.results import read_netcdf
 
@@ -57,6 +57,10 @@ def test_cells_pack_when_only_sampler_lr_and_seeds_differ(tmp_path):
     assert sorted(c.id for p in packs for c in p) == sorted(c.id for c in grid.cells)
     assert [len(p) for p in make_packs(grid.cells, 1)] == [1] * 8
     assert main(["grid", str(tmp_path / "grid.yaml"), "--pack-size", "0", "--dry-run"]) == 2
+    # under a weighting the engine refuses several learning rates in one run: lr splits packs
+    weighted = [Cell(f"c{i}", {"sampler": {"name": "uniform"}, "lr": lr, "seeds": [0], "weighting": w}, {}, ("g",))
+                for i, (lr, w) in enumerate([(1e-3, {}), (2e-3, {}), (1e-3, {"name": "min_snr"}), (2e-3, {"name": "min_snr"})])]
+    assert [[c.id for c in p] for p in make_packs(weighted, 4)] == [["c0", "c1"], ["c2"], ["c3"]]
 
 
 def test_a_pack_gives_each_cell_its_own_files_equal_to_per_cell_execution(tmp_path, capsys):
