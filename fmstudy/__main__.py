@@ -89,17 +89,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             preflight(grid, args.executor, args.jobs, slurm, args.cluster, dry_run=args.dry_run, pack_size=args.pack_size)
             if args.dry_run:
-                from .packrun import make_packs, pack_notebook
-                from .runner import default_pack_size
+                from .runner import plan_packs
 
                 todo = []
                 for cell in grid.cells:
                     finished = is_finished(grid.results, cell.id, grid.pages)
                     todo += [] if finished and not args.force else [cell]
                     print(cell.id, cell.grid, dict(cell.labels), "finished" if finished else "to run")
-                size = (default_pack_size() if args.pack_size is None else args.pack_size) if pack_notebook(grid.notebook) else 1
-                print(f"{args.file}: {len(grid.cells)} cells ({len(todo)} to run in {len(make_packs(todo, size))} executions of at most "
-                      f"{size} cells), results in {grid.results}, pages in {grid.pages}")
+                packs = plan_packs(grid, todo, args.pack_size, args.executor, args.jobs)
+                print(f"{args.file}: {len(grid.cells)} cells ({len(todo)} to run in {len(packs)} executions of at most "
+                      f"{max(map(len, packs), default=0)} cells), results in {grid.results}, pages in {grid.pages}")
                 return 0
             summary = run_grid(grid, args.executor, args.jobs, args.force, slurm, args.cluster, progress=not args.quiet,
                                pack_size=args.pack_size)

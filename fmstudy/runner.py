@@ -23,7 +23,7 @@ from .gridfile import Cell, Grid
 from .packrun import make_packs, pack_notebook, run_pack
 from .store import GridError, is_finished
 
-__all__ = ["Summary", "default_pack_size", "preflight", "run_grid"]
+__all__ = ["Summary", "default_pack_size", "plan_packs", "preflight", "run_grid"]
 
 GPU_PACK_SIZE = 8  # cells per pack on a GPU: a 10-seed cell alone cannot fill one
 # On the 2-core CPU, 4 cells of 3 seeds (gmm8, 300 steps) took 43-75 s packed against 83-117 s
@@ -86,6 +86,17 @@ def default_pack_size() -> int:
     import torch
 
     return GPU_PACK_SIZE if torch.cuda.is_available() else CPU_PACK_SIZE
+
+
+def plan_packs(grid: Grid, todo: list[Cell], pack_size: int | None, executor: str = "local", jobs: int = 1) -> list[list[Cell]]:
+    """The executions that run ``todo``: packs of at most ``pack_size`` cells (None: the device's
+    default; 1 without a pack notebook), and locally no larger than a worker's share of the
+    cells, so that every one of ``jobs`` workers has a pack."""
+    size = default_pack_size() if pack_size is None else int(pack_size)
+    size = size if pack_notebook(grid.notebook) is not None else 1
+    if executor == "local" and todo:
+        size = min(size, -(-len(todo) // jobs))
+    return make_packs(todo, size)
 
 
 def _pool_pack(grid: Grid, cells: list[Cell], force: bool) -> list[dict[str, Any]]:
@@ -198,7 +209,7 @@ def run_grid(
 
     make_executor = preflight(grid, executor, jobs, slurm, cluster, pack_size=pack_size)
     jobs = int(jobs)
-    size = default_pack_size() if pack_size is None else int(pack_size)
+    size = default_pack_size() if pack_size is None else int(pack_size)  # for the log
     try:
         (grid.results / "cells").mkdir(parents=True, exist_ok=True)
         grid.pages.mkdir(parents=True, exist_ok=True)
@@ -207,7 +218,7 @@ def run_grid(
     summary, tic = Summary(), time.perf_counter()
     todo = [c for c in grid.cells if force or not is_finished(grid.results, c.id, grid.pages)]
     summary.skipped = len(grid.cells) - len(todo)
-    packs = make_packs(todo, size if pack_notebook(grid.notebook) is not None else 1)
+    packs = plan_packs(grid, todo, pack_size, executor, jobs)
     bar = tqdm(total=len(grid.cells), initial=summary.skipped, unit="cell", disable=not progress, desc=grid.file.name, file=sys.stderr)
     if executor == "local" and jobs == 1:
         for pack in packs:

@@ -94,6 +94,13 @@ def test_a_pack_gives_each_cell_its_own_files_equal_to_per_cell_execution(tmp_pa
     assert values(grid.results).keys() == a.keys() and all(np.array_equal(values(grid.results)[k], a[k]) for k in a)
 
 
+def test_packs_shrink_to_keep_every_worker_busy(tmp_path):
+    grid = load_grid(write_grid(tmp_path, {"axes": AXES}))
+    assert not run_grid(grid, progress=False, jobs=2, pack_size=4).failed
+    assert sorted(len(r["pack"]) for r in records(grid.results).values()) == [2, 2, 2, 2]  # two packs of 2, not one of 4
+    assert json.loads((grid.results / "runs.jsonl").read_text().splitlines()[-1])["packs"] == 2
+
+
 def test_a_planted_failure_in_a_pack_keeps_the_others(tmp_path, capsys):
     """A cell the pack cannot run (lr = 0.5 fails, in the pack and alone): the pack fails, its
     other cells run alone and finish; the bad one is recorded failed; fixed, only it reruns."""
