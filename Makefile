@@ -28,7 +28,7 @@ PROFILE ?= quick
 # grid cells run at once (CPU: each gets its share of the cores; GPUs: one each)
 JOBS ?= 2
 THROUGHPUT_ARGS_smoke := --steps 20 --members 4 --batch 64
-THROUGHPUT_ARGS_quick := --steps 200 --members 64
+THROUGHPUT_ARGS_quick := --steps 100 --members 32
 THROUGHPUT_ARGS_full :=
 RESULTS := $(CURDIR)/results/$(PROFILE)
 

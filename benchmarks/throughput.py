@@ -80,6 +80,7 @@ def engine(benchmark: str, steps: int, batch: int, device: str, members: int, sa
         device=device,
         # Without diagnostics only the two compulsory checkpoints (first and last) are taken.
         n_checkpoints=12 if diagnostics else 2,
+        variance_groups=4 if diagnostics else 0,  # the variance account is part of the diagnostics
     )
     train(TrainConfig(**{**cfg.as_dict(), "steps": 5, "seeds": (0,)}), progress=False)  # warm-up
     ds = train(cfg, progress=False).dataset
@@ -139,7 +140,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds over all configurations (median and range reported)")
     parser.add_argument("--baseline-tree", help="also run the engine from this copy of the package (a folder holding fmstudy/)")
     parser.add_argument("--engine-only", action="store_true", help="leave out the naive loop")
-    parser.add_argument("--only", help="engine configurations to run, comma-separated SAMPLER or SAMPLER+diagnostics (default: uniform, uniform+diagnostics, grad_norm+diagnostics, info_snr+diagnostics)")
+    parser.add_argument("--only", help="engine configurations to run, comma-separated SAMPLER or SAMPLER+diagnostics (default: uniform, uniform+diagnostics, grad_norm+diagnostics, var_opt+diagnostics)")
     parser.add_argument("--json", help="also write the measurements to this JSON file (the book's cost chapter reads it)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -151,7 +152,7 @@ def main() -> None:
     configs: list[tuple[str, dict, str | None]] = []
     if not args.engine_only:
         configs.append(("naive eager loop, 1 model", {"kind": "naive", "steps": args.steps * 5, **common}, None))
-    samplers = (("uniform", False), ("uniform", True), ("grad_norm", True), ("info_snr", True))
+    samplers = (("uniform", False), ("uniform", True), ("grad_norm", True), ("var_opt", True))
     if args.only:  # e.g. --only uniform,grad_norm+diagnostics
         samplers = tuple((name.removesuffix("+diagnostics"), name.endswith("+diagnostics")) for name in args.only.split(","))
     trees = [(None, "")] + ([(args.baseline_tree, " [baseline]")] if args.baseline_tree else [])

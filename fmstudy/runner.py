@@ -25,11 +25,13 @@ from .store import GridError, is_finished
 
 __all__ = ["Summary", "default_pack_size", "plan_packs", "preflight", "run_grid"]
 
-GPU_PACK_SIZE = 8  # cells per pack on a GPU: a 10-seed cell alone cannot fill one
-# On the 2-core CPU, 4 cells of 3 seeds (gmm8, 300 steps) took 43-75 s packed against 83-117 s
-# one by one (3 runs each, interleaved; ratio 1.5-2.0): a step's fixed cost and each kernel's
-# start dominate small ensembles there too.
-CPU_PACK_SIZE = 4
+# Packing is opt-in (--pack-size N) for now: the cells of a pack share one clock, so their
+# train_seconds and wall_seconds are the pack's, and the chapters that read seconds per cell
+# (wall-clock speed-ups, chapter 8's cost table) would misread them. Measured gain when on: on
+# the 2-core CPU, 4 cells of 3 seeds (gmm8, 300 steps) took 43-75 s packed against 83-117 s
+# one by one (3 runs each, interleaved; ratio 1.5-2.0).
+GPU_PACK_SIZE = 1
+CPU_PACK_SIZE = 1
 
 
 @dataclass
