@@ -101,14 +101,15 @@ class CheckpointMeter:
             if self.oracle is not None:
                 self.records["irreducible"] = probe_irreducible(self.oracle, self.path, self.probes)
         edges = self.probes.edges.to(torch.float64)
-        rec["q"] = bin_mass(edges) / edges.diff().to(self.device)
+        masses = bin_mass(edges)
+        rec["q"] = masses / edges.diff().to(self.device)
         rec["heldout_objective"] = self.objective(model)
         rec["heldout_objective_ema"] = self.objective(ema_model)
         if self._quadrature is not None:
             rec["integrated_excess"] = self._quadrature.evaluate(model)
             rec["integrated_excess_ema"] = self._quadrature.evaluate(ema_model)
         if self.account_groups:
-            rec.update(self.account(model, bin_mass(edges), key=self.n_taken, precond=precond))
+            rec.update(self.account(model, masses, key=self.n_taken, precond=precond))
         rec.update({k: torch.as_tensor(v) for k, v in counters.items()})
         for key, value in rec.items():
             self.records.setdefault(key, []).append(value.detach().cpu().to(torch.float64))
