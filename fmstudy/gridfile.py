@@ -8,7 +8,9 @@ run it on. Its keys:
 - ``axes``: parameter -> list of values; the grid is their cross product; or ``grids``: a list of
   sub-grids, each with optional ``name``, ``fixed`` (over the top-level ones) and ``axes``, so
   one profile can hold, e.g., a sampler comparison and a learning-rate sweep. Cells that two
-  sub-grids share run once (a cell's id depends only on what it computes);
+  sub-grids share run once (a cell's id depends only on what it computes). An axis named
+  ``a+b`` is zipped: each of its values is a list ``[va, vb]`` setting both parameters, so a
+  sub-grid can run each sampler at its own tuned rate (``sampler+lr: [[uniform, 0.03], ...]``);
 - ``results`` and ``pages`` (optional): the results folder and the folder of executed notebooks
   (the book's run pages), relative to the grid file's folder;
 - keys starting with ``x-``: ignored, a place for YAML anchors (``&name``) that axes reuse; a
@@ -158,6 +160,22 @@ def _mapping(file: Path, key: str, value: Any) -> dict[str, Any]:
     return value
 
 
+def _zipped(where: str, key: str, values: Any, check: Any) -> list[tuple[Any, ...]]:
+    """The values of a zipped axis ``a+b``: lists ``[va, vb]`` that set ``a`` and ``b`` together (e.g.
+    each sampler at its own tuned rate), each checked as the parameter it sets."""
+    names = key.split("+")
+    if len(set(names)) != len(names) or not all(names):
+        raise GridError(f"{where}: {short(key)} is not allowed: a zipped axis names distinct parameters joined by '+', e.g. sampler+lr")
+    if not isinstance(values, list) or not values:
+        raise GridError(f"{where}: must be a non-empty list of [{', '.join(names)}] lists, not {short(values)}")
+    out = []
+    for j, item in enumerate(values):
+        if not isinstance(item, list) or len(item) != len(names):
+            raise GridError(f"{where}[{j}]: {short(item)} is not allowed: give a list of {len(names)} values [{', '.join(names)}]")
+        out.append(tuple(check(f"{where}[{j}].{n}", n, v) for n, v in zip(names, item)))
+    return out
+
+
 def _read(file: Path) -> dict[str, Any]:
     """The grid file's YAML mapping (bounded: see :mod:`fmstudy.gridyaml`)."""
     try:
@@ -248,6 +266,10 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
             raise GridError(f"{file}: {prefix}axes: empty: give at least one parameter with a list of values")
         lists = []
         for k, values in axes.items():
+            if "+" in k:  # a zipped axis: its values set several parameters together
+                lists.append((k, _zipped(f"{prefix}axes.{k}", k, values, check_param)))
+                axis_names.extend(n for n in k.split("+") if n not in axis_names)
+                continue
             if isinstance(values, list) and not isinstance(defaults.get(k), list):  # a nested list (a YAML alias) is spliced in
                 values = [v for item in values for v in (item if isinstance(item, list) else [item])]
             if not isinstance(values, list) or not values:
@@ -261,7 +283,7 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
         if total > lim["cells"]:
             raise GridError(f"{file}: {prefix}axes: the grid has more than {lim['cells']:g} cells ({total} so far): raise the limit "
                             "with 'limits: {cells: ...}' in the grid file or --limit cells=... if you mean it")
-        grid_axes[name] = [k for k, _ in lists]
+        grid_axes[name] = [n for k, _ in lists for n in k.split("+")]
         expanded.append((name, fixed, lists))
     nb_name = notebook.name
     checked: dict[str, Any] = {}
@@ -269,7 +291,8 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
         for combo in itertools.product(*(vals for _, vals in lists)):
             params = {k: v for k, v in defaults.items() if k not in RUNNER_PARAMS}
             params.update(fixed)
-            params.update({k: v for (k, _), v in zip(lists, combo)})
+            for (k, _), v in zip(lists, combo):
+                params.update(zip(k.split("+"), v) if "+" in k else [(k, v)])
             cid = cell_id(nb_name, params)
             if cid in cells:  # the same computation in two sub-grids runs once and belongs to both
                 if name not in cells[cid].grids:
