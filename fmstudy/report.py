@@ -16,18 +16,16 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .stability import largest_stable_lr, spike_source, stability_table  # the chapters' tables, re-exported
 from .store import GridError, collect
 from .tables import (  # the chapters' tables, re-exported
     LR_RULE,
     as_text,
     at_chosen_lr,
     comparison_table,
-    largest_stable_lr,
     model_of,
     run_flops,
     select_lr,
-    spike_source,
-    stability_table,
 )
 
 __all__ = [

@@ -1,6 +1,6 @@
 """The book's result tables over collected grids (``fmstudy.store.collect``): comparisons
-against a baseline per step and per training FLOP, stability over a learning-rate sweep, and
-the learning-rate rule. Re-exported by :mod:`fmstudy.report`; statistics from
+against a baseline per step and per training FLOP and the learning-rate rule (stability over a
+learning-rate sweep is in :mod:`fmstudy.stability`). Re-exported by :mod:`fmstudy.report`; statistics from
 :mod:`fmstudy.analysis`, FLOPs from :mod:`fmstudy.flops`.
 
 A collected Dataset has the grid's axes (sampler, sigma, lr, ...), ``member`` (seeds),
@@ -19,7 +19,7 @@ import pandas as pd
 import xarray as xr
 import yaml
 
-from .analysis import Estimate, bonferroni_level, holm, loss_spikes, mean_estimate, paired_ratio, rate_estimate, speedup
+from .analysis import Estimate, bonferroni_level, holm, mean_estimate, paired_ratio, speedup
 from .flops import training_flops
 from .models import MLPConfig
 
@@ -28,13 +28,11 @@ __all__ = [
     "as_text",
     "at_chosen_lr",
     "comparison_table",
-    "largest_stable_lr",
+    "label_spec",
     "model_of",
     "run_flops",
     "sampler_norms",
     "select_lr",
-    "spike_source",
-    "stability_table",
 ]
 
 LR_RULE = (
@@ -53,6 +51,20 @@ def _cells(ds: xr.Dataset):
             yield {d: getattr(ds[d].values[i], "item", lambda v=ds[d].values[i]: v)() for d, i in at.items()}, ds.isel(at)
 
 
+def label_spec(label: str) -> dict:
+    """The parameters behind a coordinate label (``store.label``): ``name(k=v, ...)`` reads
+    ``{"name": name, k: v, ...}`` and a nameless ``k=v, ...`` (benchmark options) ``{k: v, ...}``,
+    each value parsed as YAML."""
+    text = str(label)
+    name, paren, rest = text.partition("(")
+    if not paren and "=" in text:  # no name: the options themselves
+        name, rest = "", text + ")"
+    spec = {"name": name.strip()} if name.strip() else {}
+    for key, value in re.findall(r"(\w+)=([^=]*?)(?=, \w+=|\)$)", rest):
+        spec[key] = yaml.safe_load(value)
+    return spec
+
+
 def sampler_norms(label: str) -> tuple[str, str]:
     """(norm per training sample, norm per extra backward sample) of ``flops.training_flops``
     for the sampler labelled ``label`` (``name(k=v, ...)``), from the feedback it requires: a
@@ -61,10 +73,8 @@ def sampler_norms(label: str) -> tuple[str, str]:
     ``bin_*_adam`` is required (the trainer computes what the sampler asks for, no more)."""
     from .samplers import SAMPLERS, make_sampler
 
-    name, _, rest = str(label).partition("(")
-    spec = {"name": name}
-    for key, value in re.findall(r"(\w+)=([^=]*?)(?=, \w+=|\)$)", rest):
-        spec[key] = yaml.safe_load(value)
+    spec = label_spec(label)
+    name = spec.get("name", "")
     try:
         requires = make_sampler(spec, [0]).requires
     except (ValueError, TypeError):  # one that needs more than a spec to build: its class's needs
@@ -93,7 +103,10 @@ def model_of(ds: xr.Dataset) -> tuple[MLPConfig, int]:
         raise ValueError(f"{key} is not one value in these results, which is not allowed: select one {key} first")
 
     hidden, depth = get("hidden"), get("depth")
-    bench = get_benchmark(str(get("benchmark")), **(fixed.get("benchmark_options") or {}))
+    options = fixed.get("benchmark_options") or {}
+    if "benchmark_options" in ds.coords and ds["benchmark_options"].ndim == 0:  # an axis, selected: its label
+        options = label_spec(ds["benchmark_options"].values.item())
+    bench = get_benchmark(str(get("benchmark")), **options)
     hidden = bench.model_hidden if hidden is None else int(hidden)
     depth = bench.model_depth if depth is None else int(depth)
     return MLPConfig(dim=bench.dim, hidden=hidden, depth=depth), int(get("batch_size"))
@@ -125,19 +138,20 @@ def comparison_table(
     model: MLPConfig | None = None,
     batch_size: int | None = None,
     level: float = 0.95,
+    family: int | None = None,
 ) -> pd.DataFrame:
     """One row per sampler of ``ds`` (every axis but ``sampler`` selected) against ``baseline``
     on the same seeds: ``ratio``, the geometric-mean ratio of the final ``metric`` with its
     t-interval (analysis A.2) and p-value (A.3); ``p_holm``, Holm-adjusted over the table's rows
     (A.6); ``ratio_simultaneous``, the interval at the Bonferroni level, simultaneous over the
-    rows; ``effect`` (d_z, A.4); ``n`` seeds; ``speedup_steps``, the median speed-up to the
+    rows (over ``family`` comparisons when given: a table built from several); ``effect`` (d_z, A.4); ``n`` seeds; ``speedup_steps``, the median speed-up to the
     baseline's final value with non-reaching seeds censored (A.7); with ``model`` and
     ``batch_size``, ``speedup_flops`` on training FLOPs (flops.py, F.5); ``lr`` where ``ds``
-    has it (e.g. from :func:`at_chosen_lr`) and ``unbiased``."""
+    has it (from :func:`at_chosen_lr`, or ``lr_used`` from ``lr_tuning.collapse_rate``) and ``unbiased``."""
     base = ds.sel(sampler=baseline)
     steps = ds.checkpoint.values.astype(float)
     names = [s for s in ds.sampler.values if s != baseline and str(ds.sel(sampler=s).cell_id.values)]
-    m = max(len(names), 1)
+    m = max(len(names), 1) if family is None else family
     fixed = json.loads(ds.attrs.get("fixed") or "{}")
     rows = []
     for name in names:
@@ -156,8 +170,8 @@ def comparison_table(
         if model is not None and batch_size is not None:
             fx, fb = (run_flops(c, model, batch_size, s) for c, s in ((cur, name), (base, baseline)))
             row["speedup_flops"] = speedup(cur[metric].values, base[metric].values, fx, fb, level=level)
-        if "lr" in cur:
-            row["lr"] = float(cur["lr"].values)
+        if "lr" in cur or "lr_used" in cur:
+            row["lr"] = float(cur["lr" if "lr" in cur else "lr_used"].values)
         elif "lr" in fixed:  # one rate for every cell of the grid
             row["lr"] = float(fixed["lr"])
         if "unbiased" in cur:
@@ -178,52 +192,6 @@ def at_chosen_lr(ds: xr.Dataset, chosen: Mapping[str, float]) -> xr.Dataset:
     cells = [ds.sel(sampler=s, lr=lr) for s, lr in pairs]
     tuned = xr.concat(cells, dim="sampler", data_vars="all", coords="different", compat="equals", join="outer")
     return tuned.assign_coords(lr=("sampler", [lr for _, lr in pairs]))  # also when all rates agree
-
-
-def spike_source(ds: xr.Dataset) -> tuple[str, bool]:
-    """(variable, weighted): loss spikes are counted on ``train_loss_unweighted`` (the batch
-    mean of the per-sample loss); results without it fall back to the importance-weighted
-    ``train_loss``, and ``weighted`` says so (its spikes may be large weights, not instability)."""
-    return ("train_loss_unweighted", False) if "train_loss_unweighted" in ds else ("train_loss", True)
-
-
-def stability_table(ds: xr.Dataset, level: float = 0.95, **spikes) -> pd.DataFrame:
-    """One row per cell (e.g. sampler x sigma x lr): ``diverged``, the share of seeds that
-    diverged with its Wilson interval (analysis A.8); ``spikes``, the mean loss-spike count per
-    seed (``analysis.loss_spikes`` with ``spikes`` as options) and ``spikes_on``, the loss it
-    was counted on (:func:`spike_source`)."""
-    var, _ = spike_source(ds)
-    rows = []
-    for labels, cell in _cells(ds):
-        ran = np.isfinite(cell["diverged_step"].values)  # members of this cell (others are NaN)
-        k = int((cell["diverged_step"].values[ran] >= 0).sum())
-        counts = loss_spikes(cell[var].values[ran], **spikes)
-        rows.append(
-            {
-                **labels,
-                "diverged": rate_estimate(k, int(ran.sum()), level),
-                "n": int(ran.sum()),
-                "spikes": float(counts.mean()) if counts.size else np.nan,
-                "spikes_on": var,
-            }
-        )
-    return pd.DataFrame(rows).set_index(list(ds["cell_id"].dims))
-
-
-def largest_stable_lr(table: pd.DataFrame, lr: str = "lr") -> pd.Series:
-    """Per group of :func:`stability_table`'s other index levels: the largest learning rate at
-    which, and at every smaller one, no seed diverged (NaN when the smallest already diverges)."""
-    others = [n for n in table.index.names if n != lr]
-
-    def one(group: pd.DataFrame) -> float:
-        g = group.reset_index().sort_values(lr)
-        stable = (g["diverged"].map(lambda e: e.value) == 0).to_numpy()
-        run = np.cumprod(stable).astype(bool)
-        return float(g[lr].to_numpy()[run][-1]) if run.any() else np.nan
-
-    if not others:
-        return pd.Series({"all": one(table)}, name=f"largest stable {lr}")
-    return table.groupby(level=others).apply(one).rename(f"largest stable {lr}")
 
 
 def select_lr(ds: xr.Dataset, metric: str = "heldout_objective_ema", lr: str = "lr") -> tuple[pd.Series, pd.DataFrame]:
