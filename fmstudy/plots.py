@@ -23,8 +23,10 @@ __all__ = [
     "LABELS",
     "band_curves",
     "ceiling_curves",
+    "divergence_curves",
     "draw_sample",
     "member_curves",
+    "predicted_vs_measured",
     "sampler_color",
     "sampler_dashes",
     "sampler_palette",
@@ -216,3 +218,57 @@ def samples_figure(samples: np.ndarray, reference: np.ndarray, benchmark: str, n
             draw_sample(axes[i // rows, j * rows + i % rows], pts[i], benchmark, "k" if name == "real" else "C0")
         axes[0, j * rows].set_title(f"{name}", loc="left", fontsize="small")
     return fig
+
+
+def _errorbar(ax: plt.Axes, x: np.ndarray, estimates: Sequence, floor: float = 0.0, **kw) -> None:
+    """Points at the estimates' values with their intervals [lo, hi] as error bars (an end below
+    ``floor``, e.g. a censored speed-up's 0 on a log axis, is drawn at ``floor``)."""
+    y = np.array([e.value for e in estimates], dtype=float)
+    lo = np.maximum(np.array([e.lo for e in estimates], dtype=float), floor)
+    hi = np.array([e.hi for e in estimates], dtype=float)
+    err = np.nan_to_num(np.stack([y - lo, hi - y]), nan=0.0).clip(min=0)
+    ax.errorbar(x, y, yerr=err, capsize=2, **kw)
+
+
+def predicted_vs_measured(table: pd.DataFrame, ax: plt.Axes | None = None, predicted: str = "predicted", measured: str = "speedup_steps") -> plt.Axes:
+    """The central figure (issue 15): each point a sampler in one setting (a row of
+    ``prediction.predicted_vs_measured``), the speed-up the variance account predicts (4.6) on
+    x against the measured one (an Estimate with its interval) on y, log-log with the identity;
+    coloured by sampler, marked by benchmark. Points whose measured value is not identified
+    (a median hidden by censoring) are left out and counted in the title."""
+    ax = _ax(ax, (5.6, 5.0))
+    ok = table[measured].map(lambda e: np.isfinite(e.value) and e.value > 0) & (table[predicted] > 0)
+    shown = table[ok].reset_index()
+    shown["_bench"] = shown["benchmark"].astype(str) if "benchmark" in shown else ""
+    markers = dict(zip(dict.fromkeys(shown["_bench"]), "osD^vP*X<>"))
+    floor = 0.5 * float(shown[measured].map(lambda e: e.value).min()) if len(shown) else 0.0
+    for (sampler, bench), rows in shown.groupby(["sampler", "_bench"], sort=False):
+        _errorbar(ax, rows[predicted].to_numpy(float), list(rows[measured]), floor=floor, fmt=markers[bench], color=sampler_color(sampler),
+                  ms=5, lw=0.8, label=f"{sampler}" + (f", {bench}" if bench else ""))
+    vals = np.r_[shown[predicted].to_numpy(float), shown[measured].map(lambda e: e.value).to_numpy(float)]
+    lo, hi = (vals.min() / 1.2, vals.max() * 1.2) if vals.size else (0.5, 2.0)
+    ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="measured = predicted")
+    ax.set(xscale="log", yscale="log", xlabel="predicted speed-up (variance account, 4.6)", ylabel="measured speed-up (steps)")
+    ax.set_title(f"{int(ok.sum())} points" + (f", {int((~ok).sum())} not identified" if (~ok).any() else ""), fontsize="small")
+    ax.legend(frameon=False, fontsize="x-small")
+    return ax
+
+
+def divergence_curves(table: pd.DataFrame, ax: plt.Axes | None = None, lr: str = "lr") -> plt.Axes:
+    """The share of seeds that diverged against the learning rate (log), one line per sampler,
+    with Wilson intervals (analysis A.8): ``stability.stability_table``'s rows with every index
+    level but sampler and ``lr`` at one value (select a sigma first). The dotted line is half
+    the seeds, where the sweep is to push uniform."""
+    extra = [n for n in table.index.names if n not in ("sampler", lr) and table.index.get_level_values(n).nunique() > 1]
+    if extra:
+        raise ValueError(f"a table with several values of {extra} is not allowed: select one (e.g. table.xs(1.0, level='sigma'))")
+    ax = _ax(ax)
+    flat = table.reset_index()
+    for sampler, rows in flat.groupby("sampler", sort=False):
+        rows = rows.sort_values(lr)
+        _errorbar(ax, rows[lr].to_numpy(float), list(rows["diverged"]), fmt="o", color=sampler_color(sampler), ms=4, lw=1.2,
+                  ls="--" if sampler_dashes(sampler) else "-", label=str(sampler))
+    ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
+    ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="learning rate", ylabel="share of seeds diverged")
+    ax.legend(frameon=False, fontsize="x-small")
+    return ax

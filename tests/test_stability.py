@@ -1,0 +1,106 @@
+"""Stability measured on a planted learning-rate sweep (fmstudy.stability): divergence rates with
+Wilson intervals against scipy, the largest stable rate and uniform's breaking rate by
+construction, spikes counted on the unweighted loss, and the divergence figure's data."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import xarray as xr
+from scipy import stats
+
+from fmstudy import plots
+from fmstudy.stability import breaking_lr, stability_summary, stability_table
+
+RATES = [0.1, 0.3, 0.6, 1.0]
+N_STEPS = 120
+# seeds diverged per swept rate: uniform breaks (>= 5 of 10) at 1.0 for sigma 0 and never for
+# sigma 1; var_opt diverges earlier (less stable); stratified later
+DIVERGED = {
+    ("uniform", 0.0): [0, 0, 3, 6],
+    ("var_opt", 0.0): [0, 2, 5, 9],
+    ("stratified", 0.0): [0, 0, 0, 1],
+    ("uniform", 1.0): [0, 0, 1, 2],
+    ("var_opt", 1.0): [0, 0, 0, 0],
+    ("stratified", 1.0): [1, 1, 1, 1],
+}
+SPIKES = {("var_opt", 0.0, 1.0): 4}  # 4 planted spikes on one seed of one cell, unweighted loss
+
+
+def _cell(k: int, spikes: int) -> xr.Dataset:
+    rng = np.random.default_rng(k)
+    smooth = np.exp(-np.linspace(0, 1, N_STEPS))[None, :] * (1 + 0.01 * rng.normal(size=(10, N_STEPS)))
+    unweighted = smooth.copy()
+    unweighted[3, 80 : 80 + spikes] *= 10
+    weighted = smooth.copy()
+    weighted[:, 100] *= 30  # a large importance weight: a spike of the weighted loss only
+    return xr.Dataset(
+        {
+            "train_loss": (("member", "step"), weighted),
+            "train_loss_unweighted": (("member", "step"), unweighted),
+            "diverged_step": (("member",), np.where(np.arange(10) < k, 60.0, -1.0)),
+            "cell_id": ((), "c"),
+        },
+        coords={"member": np.arange(10), "step": np.arange(N_STEPS)},
+    )
+
+
+def _sweep() -> xr.Dataset:
+    parts = [
+        _cell(ks[i], SPIKES.get((s, sg, lr), 0)).expand_dims(sampler=[s], sigma=[sg], lr=[lr])
+        for (s, sg), ks in DIVERGED.items()
+        for i, lr in enumerate(RATES)
+    ]
+    ds = xr.merge(parts, join="outer", compat="no_conflicts")
+    ds["cell_id"] = ds["cell_id"].astype(str)
+    return ds.transpose("sampler", "sigma", "lr", ...)
+
+
+def test_summary_finds_the_planted_stable_and_breaking_rates():
+    summary = stability_summary(_sweep())
+    assert summary.index.names == ["sampler", "sigma"]
+    got = summary["largest_stable_lr"].to_dict()
+    assert got[("uniform", 0.0)] == 0.3 and got[("var_opt", 0.0)] == 0.1 and got[("stratified", 0.0)] == 0.6
+    assert got[("var_opt", 1.0)] == 1.0 and np.isnan(got[("stratified", 1.0)])  # diverged already at the smallest rate
+    assert summary.loc[("var_opt", 0.0), "less_stable"] and not summary.loc[("stratified", 0.0), "less_stable"]
+    assert summary.loc[("stratified", 1.0), "less_stable"] and not summary.loc[("var_opt", 1.0), "less_stable"]
+    assert (summary.xs(0.0, level="sigma")["baseline_breaks_at"] == 1.0).all()
+    assert summary.xs(1.0, level="sigma")["baseline_breaks_at"].isna().all()  # the sweep did not reach it at sigma 1
+    assert summary.xs(1.0, level="sigma")["diverged"].isna().all()
+    est = summary.loc[("var_opt", 0.0), "diverged"]  # 9 of 10 at uniform's breaking rate
+    ci = stats.binomtest(9, 10).proportion_ci(0.95, method="wilson")
+    assert est.value == 0.9 and (est.lo, est.hi) == pytest.approx((ci.low, ci.high)) and est.n == 10
+    assert summary.loc[("var_opt", 0.0), "spikes"] == pytest.approx(0.4)  # 4 spikes on one of 10 seeds
+    assert summary.loc[("uniform", 0.0), "spikes"] == 0 and (summary["spikes_on"] == "train_loss_unweighted").all()
+    assert summary.loc[("var_opt", 0.0), "max_diverged"] == 0.9 and summary.loc[("stratified", 1.0), "max_diverged"] == 0.1
+
+
+def test_breaking_lr_is_the_smallest_rate_where_half_the_seeds_diverged():
+    broke = breaking_lr(stability_table(_sweep()))
+    assert broke[("var_opt", 0.0)] == 0.6 and broke[("uniform", 0.0)] == 1.0 and np.isnan(broke[("uniform", 1.0)])
+
+
+def test_summary_refuses_a_sweep_without_its_axes_or_baseline():
+    with pytest.raises(ValueError, match="sampler and lr must both be axes"):
+        stability_summary(_sweep().sel(lr=0.1))
+    with pytest.raises(ValueError, match="baseline='nope' is not allowed"):
+        stability_summary(_sweep(), baseline="nope")
+
+
+def test_divergence_curves_draw_the_wilson_intervals_of_one_sigma():
+    table = stability_table(_sweep())
+    with pytest.raises(ValueError, match=r"several values of \['sigma'\]"):
+        plots.divergence_curves(table)
+    ax = plots.divergence_curves(table.xs(0.0, level="sigma", drop_level=False))
+    drawn = {c.get_label(): c.lines for c in ax.containers}  # (data line, caps, bars) per sampler
+    assert set(drawn) == {"uniform", "var_opt", "stratified"}
+    np.testing.assert_allclose(drawn["var_opt"][0].get_ydata(), np.array(DIVERGED[("var_opt", 0.0)]) / 10)
+    np.testing.assert_allclose(drawn["uniform"][0].get_xdata(), RATES)
+    # the error bars span the Wilson interval of each rate
+    bars = drawn["var_opt"][2][0].get_segments()
+    for seg, k in zip(bars, DIVERGED[("var_opt", 0.0)]):
+        ci = stats.binomtest(k, 10).proportion_ci(0.95, method="wilson")
+        assert (seg[0][1], seg[1][1]) == pytest.approx((ci.low, ci.high))
+    matplotlib.pyplot.close("all")
