@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-__all__ = ["predicted_speedup", "noise_scale", "ceiling_table", "predicted_gains"]
+__all__ = ["ceiling_table", "draws_stratified", "noise_scale", "predicted_gains", "predicted_speedup"]
 
 
 def noise_scale(ds: xr.Dataset, metric: str = "adam") -> xr.DataArray:
@@ -82,11 +82,29 @@ def ceiling_table(ds: xr.Dataset, batch: int, by: str = "sigma", checkpoints: tu
     return pd.DataFrame(rows).set_index([by, "step"])
 
 
+def draws_stratified(label: str) -> bool:
+    """Whether the sampler labelled ``label`` (``name(k=v, ...)``) draws its batch stratified
+    (``stratified``, ``var_opt_neyman``, any ``stratified=True``): its variance is then the
+    stratified one, ``V_strat(q) = sum_k p_k^2 (S_k - ||G_k||^2) / q_k`` (4.5d), not V(q). The
+    account stratifies over its K bins; draws stratified over B > K finer strata vary at most
+    as much, so the gain read from it is a lower bound for them."""
+    from .samplers import make_sampler
+    from .tables import label_spec
+
+    try:
+        return bool(make_sampler(label_spec(label), [0]).stratified)
+    except (ValueError, TypeError):  # one that needs more than a spec to build
+        return "stratified=True" in str(label) or str(label).split("(")[0] in ("stratified", "var_opt_neyman", "oracle_qstar_neyman")
+
+
 def predicted_gains(ds: xr.Dataset, batch: int, metric: str = "adam") -> pd.DataFrame:
-    """Per unbiased sampler (rows) of a grid whose other axes are selected: the gain ``V(uniform)/V(q)``
-    of the sampler's own proposal averaged over the checkpoints after step 0 (its predicted
-    noise reduction over training), the ceiling R over the same checkpoints, and the predicted
-    speed-up (4.6) at the run's median noise scale."""
+    """Per unbiased sampler (rows) of a grid whose other axes are selected, over the
+    checkpoints after step 0 (means over members and checkpoints): ``gain V(U)/V(q)``, the
+    noise reduction of the sampler's own estimator (``gain_run``; for stratified draws,
+    :func:`draws_stratified`, ``V(uniform) / V_strat(q)``); ``ceiling R``; ``B_noise / B``, the
+    run's median noise scale per batch; and the speed-ups (4.6) they predict at that noise
+    scale, ``predicted speed-up`` of the sampler and ``predicted speed-up of R`` (the best
+    unbiased allocation with i.i.d. draws)."""
     prefix = "var_adam_" if metric == "adam" else "var_"
     rows = []
     for name in ds.sampler.values:
@@ -96,9 +114,12 @@ def predicted_gains(ds: xr.Dataset, batch: int, metric: str = "adam") -> pd.Data
         if prefix + "gain_run" not in s or not np.isfinite(s[prefix + "gain_run"].values).any():
             continue
         late = s.isel(checkpoint=slice(1, None))
-        gain = float(np.nanmean(late[prefix + "gain_run"].values))
+        strat = draws_stratified(str(name)) and prefix + "v_strat_run" in late
+        per = late[prefix + "v_uniform"] / late[prefix + "v_strat_run"] if strat else late[prefix + "gain_run"]
+        gain = float(np.nanmean(per.values))
         ceiling = float(np.nanmean(late[prefix + "ceiling"].values))
         bn = float(np.nanmedian(noise_scale(late, metric).values))
-        rows.append({"sampler": str(name), "gain V(U)/V(q)": gain, "ceiling R": ceiling,
-                     "predicted speed-up": float(predicted_speedup(gain, bn, batch))})
+        rows.append({"sampler": str(name), "gain V(U)/V(q)": gain, "draws": "stratified" if strat else "iid", "ceiling R": ceiling,
+                     "B_noise / B": bn / batch, "predicted speed-up": float(predicted_speedup(gain, bn, batch)),
+                     "predicted speed-up of R": float(predicted_speedup(ceiling, bn, batch))})
     return pd.DataFrame(rows).set_index("sampler") if rows else pd.DataFrame()

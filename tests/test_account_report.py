@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmstudy.account_report import ceiling_table, noise_scale, predicted_gains, predicted_speedup
+from fmstudy.account_report import ceiling_table, draws_stratified, noise_scale, predicted_gains, predicted_speedup
 
 
 def test_predicted_speedup_limits_and_closed_form():
@@ -74,3 +74,24 @@ def test_predicted_gains_average_after_step_zero():
     table = predicted_gains(ds, batch=8)
     assert table.loc["var_opt", "gain V(U)/V(q)"] == pytest.approx(1.5)  # (1 + 2) / 2, step 0 left out
     assert table.loc["var_opt", "ceiling R"] == pytest.approx(3.0)
+
+
+def test_predicted_gains_read_stratified_draws_from_the_stratified_account_and_predict_r():
+    """uniform (i.i.d.), stratified uniform and var_opt_neyman share V(uniform) = 8 and
+    ||G||^2 = 1 (B_noise = 8 = B); V_strat(q) = 4 for the stratified ones, gain_run = 1.6 for
+    all. Stratified draws must read V(U)/V_strat = 2, not gain_run; R = 3 predicts
+    (1 + 1) / (1 + 1/3) = 1.5 for every sampler; a sampler with weights off has no row."""
+    a = _account(np.full((2, 3), 3.0), 8.0, np.ones((2, 3)))
+    for prefix in ("var_", "var_adam_"):
+        a[prefix + "gain_run"] = a[prefix + "gain_run"] * 0 + 1.6
+        a[prefix + "v_strat_run"] = a[prefix + "v_uniform"] * 0 + 4.0
+    ds = xr.concat([a] * 4, dim="sampler").assign_coords(sampler=["uniform", "stratified", "var_opt_neyman", "logit_normal(reweight=False)"])
+    ds["unbiased"] = ("sampler", [1.0, 1.0, 1.0, 0.0])
+    table = predicted_gains(ds, batch=8)
+    assert list(table.index) == ["uniform", "stratified", "var_opt_neyman"]
+    assert table.loc["uniform", "gain V(U)/V(q)"] == pytest.approx(1.6) and table.loc["uniform", "draws"] == "iid"
+    assert table.loc["stratified", "gain V(U)/V(q)"] == pytest.approx(2.0) and table.loc["var_opt_neyman", "draws"] == "stratified"
+    assert table.loc["stratified", "predicted speed-up"] == pytest.approx(2 / (1 + 1 / 2.0))
+    np.testing.assert_allclose(table["predicted speed-up of R"], 1.5)
+    assert (table["B_noise / B"] == 1.0).all()
+    assert draws_stratified("var_opt(neyman=True, stratified=True)") and not draws_stratified("var_opt(metric=adam)")
