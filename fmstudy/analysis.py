@@ -55,7 +55,8 @@ __all__ = [
 class Estimate:
     """A point estimate with its ``level`` interval [lo, hi] over ``n`` seeds; ``p`` is the
     test's p-value and ``effect`` the effect size (A.4) where the estimate has them, ``censored``
-    the seeds known only by a bound (speed-ups), ``method`` how the interval was made."""
+    the seeds known only by a bound (speed-ups), ``method`` how the interval was made, ``unit``
+    what ``n`` counts."""
 
     value: float
     lo: float
@@ -66,11 +67,12 @@ class Estimate:
     effect: float = math.nan
     censored: int = 0
     method: str = ""
+    unit: str = "seed"  # what n counts (a correlation over settings counts points)
 
     def text(self, fmt: str = ".3g") -> str:
         """e.g. ``0.82 (95% CI 0.75 to 0.9, 10 seeds)``; ``n/a`` for what is not identified."""
         value = f"{self.value:{fmt}}" if np.isfinite(self.value) else "n/a"
-        seeds = f"{self.n} seed{'' if self.n == 1 else 's'}"
+        seeds = f"{self.n} {self.unit}{'' if self.n == 1 else 's'}"
         if np.isfinite(self.lo) and np.isfinite(self.hi):
             inner = f"{100 * self.level:.3g}% CI {self.lo:{fmt}} to {self.hi:{fmt}}, {seeds}"
         else:
