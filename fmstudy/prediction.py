@@ -1,0 +1,124 @@
+"""The central figure's data (issue 15): the speed-up the variance account predicts for each
+unbiased sampler against the speed-up measured in training, over benchmarks, sigma and budgets.
+
+Predicted, before any training curve is read (:mod:`fmstudy.account_report`): the sampler's
+noise reduction r = V(uniform) / V(q) at its own proposal q, in Adam's metric by default, and
+the step speed-up it implies at the run's noise scale B_noise = V(uniform) / ||G||^2,
+
+    S(r) = (1 + B_noise / B) / (1 + B_noise / (r B))                                   (4.6)
+
+beside S(R) for the ceiling R = V(uniform) / V(q*). Measured: the median over seeds of the
+step speed-up to reach uniform's final value (A.7, non-reaching seeds censored) and the
+geometric-mean ratio of the final metric (A.2). Objective-changing samplers (weights off) are
+left out: the account's V(q) is of the reweighted estimator only.
+
+The agreement over the points (x_i, y_i) = (predicted, measured):
+
+    Pearson   rho = corr(log x, log y)  (the figure is log-log; a constant factor is ignored)
+    Spearman  rho_s = corr(rank x, rank y)                                             (P.1)
+
+each with a percentile bootstrap interval over points (resampling settings, not seeds: the
+points' own measurement errors are not propagated).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+from scipy import stats
+
+from .account_report import predicted_gains
+from .analysis import Estimate
+from .checks import check_float, check_int
+from .lr_tuning import _value
+from .sweeps import comparison_groups
+from .tables import comparison_table
+
+__all__ = ["predicted_vs_measured", "prediction_correlation"]
+
+_SETTING = ("benchmark", "benchmark_options", "sigma", "steps")
+
+
+def predicted_vs_measured(
+    datasets: Mapping[str, xr.Dataset] | Sequence[xr.Dataset],
+    metric: str | None = None,
+    baseline: str = "uniform",
+    account: str = "adam",
+    level: float = 0.95,
+) -> pd.DataFrame:
+    """One row per unbiased sampler (not the baseline) and setting of every dataset (a sub-grid
+    name -> its collected grid; its other axes are the settings): ``benchmark``,
+    ``benchmark_options``, ``sigma``, ``steps`` (NaN where not recorded), ``dataset``,
+    ``sampler``, ``lr``; predicted ``gain`` r, ``draws``, ``B_noise / B``, ``predicted`` S(r),
+    ``ceiling`` R and ``predicted_R`` S(R) (4.6, metric ``account``); measured
+    ``speedup_steps`` (A.7) and ``ratio`` (A.2) on ``metric`` (default per setting: the
+    integrated excess where there is an oracle, else the held-out objective), ``n`` seeds."""
+    items = datasets.items() if isinstance(datasets, Mapping) else enumerate(datasets)
+    rows = []
+    for name, ds in items:
+        for labels, group, m in comparison_groups(ds, metric, baseline):
+            batch = int(_value(group, labels, "batch_size"))
+            gains = predicted_gains(group, batch, account)
+            comp = comparison_table(group, m, baseline, level=level)
+            for sampler, c in comp.iterrows():
+                if sampler not in gains.index or ("unbiased" in c and not bool(c["unbiased"])):
+                    continue
+                g = gains.loc[sampler]
+                setting = {}
+                for key in _SETTING:
+                    try:
+                        setting[key] = _value(group, labels, key)
+                    except KeyError:
+                        setting[key] = np.nan
+                rows.append({
+                    **setting, "dataset": name, "sampler": sampler, "lr": c.get("lr", np.nan), "metric": m,
+                    "gain": g["gain V(U)/V(q)"], "draws": g["draws"], "B_noise / B": g["B_noise / B"],
+                    "predicted": g["predicted speed-up"], "ceiling": g["ceiling R"], "predicted_R": g["predicted speed-up of R"],
+                    "speedup_steps": c["speedup_steps"], "ratio": c["ratio"], "n": c["n"],
+                })
+    return pd.DataFrame(rows)
+
+
+def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each row of ``x`` with the same row of ``y`` (NaN for a constant row)."""
+    xc, yc = x - x.mean(1, keepdims=True), y - y.mean(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (xc * yc).sum(1) / np.sqrt((xc**2).sum(1) * (yc**2).sum(1))
+
+
+def prediction_correlation(
+    table: pd.DataFrame, predicted: str = "predicted", measured: str = "speedup_steps", level: float = 0.95, n_boot: int = 4000, seed: int = 0
+) -> dict[str, object]:
+    """(P.1) over the rows of :func:`predicted_vs_measured`'s table whose predicted and measured
+    values are finite and positive: ``pearson`` and ``spearman`` as Estimates (value, bootstrap
+    interval, p-value of no correlation, n points), ``points`` used and ``left_out`` (e.g.
+    medians hidden by censoring). ``measured="ratio"`` correlates 1 / ratio (a final-metric
+    gain, larger is better, as a speed-up)."""
+    level = check_float("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
+    n_boot = check_int("n_boot", n_boot, 100)
+    y = table[measured].map(lambda e: e.value).to_numpy(dtype=float)
+    y = 1 / y if measured == "ratio" else y
+    x = table[predicted].to_numpy(dtype=float)
+    ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    lx, ly = np.log(x[ok]), np.log(y[ok])
+    n = int(ok.sum())
+    out: dict[str, object] = {"points": n, "left_out": int((~ok).sum())}
+    if n < 3 or np.ptp(lx) == 0 or np.ptp(ly) == 0:
+        for name in ("pearson", "spearman"):
+            out[name] = Estimate(math.nan, math.nan, math.nan, n, level, method="percentile bootstrap over points", unit="point")
+        return out
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # resampled points, shared by both
+    boots = {
+        "pearson": (stats.pearsonr(lx, ly), _corr_rows(lx[idx], ly[idx])),
+        "spearman": (stats.spearmanr(lx, ly), _corr_rows(stats.rankdata(lx[idx], axis=1), stats.rankdata(ly[idx], axis=1))),
+    }
+    for name, (ref, boot) in boots.items():
+        boot = boot[np.isfinite(boot)]  # a resample of one repeated point has no correlation
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot.size else (math.nan, math.nan)
+        out[name] = Estimate(float(ref.statistic), float(lo), float(hi), n, level, p=float(ref.pvalue),
+                             method="percentile bootstrap over points", unit="point")
+    return out

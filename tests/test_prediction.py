@@ -1,0 +1,118 @@
+"""The central figure's data (fmstudy.prediction) on planted grids: the account's predicted
+speed-up (4.6) from closed forms, the measured speed-up and ratio as planted, objective-changing
+samplers left out, and the correlation over points against scipy."""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from planted import SPREAD, grid
+from planted import cell as planted_cell
+from scipy import stats
+
+from fmstudy import plots
+from fmstudy.analysis import Estimate
+from fmstudy.prediction import predicted_vs_measured, prediction_correlation
+
+
+
+def S(r: float) -> float:
+    """(4.6) with B_noise = 64 = B, as in every planted cell: (1 + 1) / (1 + 1 / r)."""
+    return 2 / (1 + 1 / r)
+
+
+SAMPLERS = {  # label -> (planted account, measured centre of the speed-up per sigma)
+    "arcsine(floor=0.05, reweight=True)": ({"gain": 1.5}, {0.0: 1.1, 1.0: 1.3}),
+    "stratified": ({"gain": 1.0, "v_strat": 32.0}, {0.0: 1.2, 1.0: 1.4}),  # V(U)/V_strat = 64 / 32 = 2
+    "var_opt": ({"gain": 3.0}, {0.0: 1.25, 1.0: 1.6}),
+    "logit_normal(reweight=False)": ({"gain": 5.0, "unbiased": 0.0}, {0.0: 2.0, 1.0: 2.0}),
+}
+
+
+def _sigma_grid():
+    cells = {}
+    for sg in (0.0, 1.0):
+        cells[(sg, "uniform")] = planted_cell(np.ones(10), ceiling=4.0)
+        for s, (account, centre) in SAMPLERS.items():
+            cells[(sg, s)] = planted_cell(centre[sg] * SPREAD, ceiling=4.0, **account)
+    return grid(cells, ["sigma", "sampler"], fixed={"benchmark": "gmm8", "batch_size": 64, "steps": 1000, "lr": 0.01})
+
+
+def _budget_grid():
+    cells = {(1000, "uniform"): planted_cell(np.ones(10)), (1000, "var_opt"): planted_cell(1.5 * SPREAD, gain=2.0)}
+    return grid(cells, ["steps", "sampler"], fixed={"benchmark": "gmm-d", "benchmark_options": {"dim": 8, "seed": 1}, "batch_size": 64,
+                                                    "sigma": 1.0})
+
+
+def test_predicted_and_measured_from_the_planted_account_and_curves():
+    table = predicted_vs_measured({"sigma": _sigma_grid(), "budget": _budget_grid()})
+    assert len(table) == 3 * 2 + 1 and "logit_normal(reweight=False)" not in set(table["sampler"]) and "uniform" not in set(table["sampler"])
+    gain = {"arcsine(floor=0.05, reweight=True)": 1.5, "stratified": 2.0, "var_opt": 3.0}
+    for _, row in table[table["dataset"] == "sigma"].iterrows():
+        r = SAMPLERS[row["sampler"]][1][row["sigma"]] * SPREAD
+        assert row["gain"] == pytest.approx(gain[row["sampler"]]) and row["predicted"] == pytest.approx(S(gain[row["sampler"]]))
+        assert row["ceiling"] == 4.0 and row["predicted_R"] == pytest.approx(S(4.0)) and row["B_noise / B"] == pytest.approx(1.0)
+        assert row["speedup_steps"].value == pytest.approx(SAMPLERS[row["sampler"]][1][row["sigma"]])
+        assert row["ratio"].value == pytest.approx(math.exp(np.mean(np.log((1 - 0.4 * r) / 0.6))))
+        assert row["n"] == 10 and row["steps"] == 1000 and row["benchmark"] == "gmm8" and row["lr"] == 0.01
+    assert set(table.loc[table["sampler"] == "stratified", "draws"]) == {"stratified"}
+    budget = table[table["dataset"] == "budget"].iloc[0]
+    assert budget["steps"] == 1000 and budget["sigma"] == 1.0 and budget["benchmark_options"] == "dim=8, seed=1"
+    assert budget["predicted"] == pytest.approx(S(2.0)) and budget["speedup_steps"].value == pytest.approx(1.5)
+
+
+def test_correlation_over_points_against_scipy_and_a_direct_bootstrap():
+    table = predicted_vs_measured([_sigma_grid(), _budget_grid()])
+    got = prediction_correlation(table, n_boot=500, seed=3)
+    # the points, from the closed forms, not from the table
+    x = [S(g) for g in (1.5, 1.5, 2.0, 2.0, 3.0, 3.0, 2.0)]
+    y = [1.1, 1.3, 1.2, 1.4, 1.25, 1.6, 1.5]
+    x_t, y_t = table["predicted"].to_numpy(), table["speedup_steps"].map(lambda e: e.value).to_numpy()
+    assert sorted(zip(np.round(x_t, 12), np.round(y_t, 12))) == sorted(zip(np.round(x, 12), np.round(y, 12)))
+    ref = stats.pearsonr(np.log(x), np.log(y))
+    assert got["pearson"].value == pytest.approx(ref.statistic) and got["pearson"].p == pytest.approx(ref.pvalue)
+    assert got["spearman"].value == pytest.approx(stats.spearmanr(x, y).statistic)
+    assert got["points"] == 7 and got["left_out"] == 0 and got["pearson"].n == 7 and "7 points" in got["pearson"].text()
+    # the bootstrap interval: the same resampled points, correlated one by one with scipy
+    lx, ly = np.log(x_t), np.log(y_t)
+    idx = np.random.default_rng(3).integers(0, 7, size=(500, 7))
+    boot = []
+    for i in idx:
+        if np.ptp(lx[i]) > 0 and np.ptp(ly[i]) > 0:
+            boot.append(stats.pearsonr(lx[i], ly[i]).statistic)
+    assert (got["pearson"].lo, got["pearson"].hi) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
+
+
+def test_correlation_of_a_perfect_prediction_and_of_too_few_points():
+    perfect = pd.DataFrame({"predicted": [1.1, 1.5, 2.0, 3.0], "speedup_steps": [Estimate(v ** 2, 0, 9, 10) for v in (1.1, 1.5, 2.0, 3.0)]})
+    got = prediction_correlation(perfect, n_boot=200)
+    assert got["pearson"].value == pytest.approx(1.0) and got["pearson"].lo == pytest.approx(1.0) and got["spearman"].hi == pytest.approx(1.0)
+    ratio = pd.DataFrame({"predicted": [1.1, 1.5, 2.0], "ratio": [Estimate(1 / v, 0, 9, 10) for v in (1.2, 1.1, 3.0)]})
+    assert prediction_correlation(ratio, measured="ratio", n_boot=200)["spearman"].value == pytest.approx(0.5)  # 1 / ratio ranks 2, 1, 3
+    hidden = perfect.assign(speedup_steps=[Estimate(math.nan, 0, 2, 10, censored=6)] * 2 + list(perfect["speedup_steps"][2:]))
+    few = prediction_correlation(hidden, n_boot=200)
+    assert few["points"] == 2 and few["left_out"] == 2 and math.isnan(few["pearson"].value)
+    with pytest.raises(ValueError, match="n_boot"):
+        prediction_correlation(perfect, n_boot=5)
+
+
+def test_the_central_figure_draws_every_identified_point_with_its_interval_and_the_identity():
+    table = predicted_vs_measured({"sigma": _sigma_grid()})
+    table.loc[0, "speedup_steps"] = Estimate(math.nan, 0.0, 2.0, 10, censored=6)  # hidden by censoring
+    ax = plots.predicted_vs_measured(table)
+    drawn = {c.get_label(): c.lines for c in ax.containers}
+    assert sum(len(lines[0].get_xdata()) for lines in drawn.values()) == 5 and "1 not identified" in ax.get_title()
+    var_opt = drawn["var_opt, gmm8"]
+    np.testing.assert_allclose(var_opt[0].get_xdata(), [S(3.0)] * 2)
+    np.testing.assert_allclose(var_opt[0].get_ydata(), [1.25, 1.6])
+    segs = var_opt[2][0].get_segments()
+    want = table[table["sampler"] == "var_opt"]["speedup_steps"]
+    np.testing.assert_allclose([(s[0][1], s[1][1]) for s in segs], [(e.lo, e.hi) for e in want])
+    identity = [ln for ln in ax.get_lines() if ln.get_label() == "measured = predicted"][0]
+    assert np.allclose(identity.get_xdata(), identity.get_ydata()) and ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    matplotlib.pyplot.close("all")
