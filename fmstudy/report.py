@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .costs import cell_costs, executions, grid_throughput_table, median_range, ok_records  # the runs' cost, re-exported
 from .stability import largest_stable_lr, spike_source, stability_table  # the chapters' tables, re-exported
 from .store import GridError, collect
 from .tables import (  # the chapters' tables, re-exported
@@ -29,10 +30,10 @@ from .tables import (  # the chapters' tables, re-exported
 )
 
 __all__ = [
-    "LR_RULE", "against_baseline", "as_text", "at_chosen_lr", "comparison_table", "convergence_metric", "final", "glue_number",
-    "largest_stable_lr", "load_grid_results", "model_of", "profile", "results_dir", "run_flops", "run_link", "run_links_table",
-    "samplers_of", "select_benchmark", "select_lr", "shown", "spike_source", "stability_table", "throughput_table",
-    "tidy_curves",
+    "LR_RULE", "against_baseline", "as_text", "at_chosen_lr", "cell_costs", "comparison_table", "convergence_metric", "executions",
+    "final", "glue_number", "grid_throughput_table", "largest_stable_lr", "load_grid_results", "median_range", "model_of", "ok_records",
+    "profile", "results_dir", "run_flops", "run_link", "run_links_table", "samplers_of", "select_benchmark", "select_lr", "shown",
+    "spike_source", "stability_table", "throughput_table", "tidy_curves",
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,47 +129,69 @@ def convergence_metric(ds: xr.Dataset) -> str:
     return "integrated_excess_ema" if ok else "heldout_objective_ema"
 
 
-def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform") -> pd.DataFrame:
+def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform", model: Any = None, batch_size: int | None = None) -> pd.DataFrame:
     """One row per sampler of ``ds`` (one sigma selected), as :class:`~fmstudy.analysis.Estimate`
     objects: its final ``metric`` (``final``), the paired ratio of that to ``baseline``
     (``ratio``) and of the held-out objective (``objective_ratio``), the speed-up to reach the
-    baseline's final value in steps (``speedup``) and training seconds (``speedup_seconds``),
-    medians with the seeds that never reach it censored (``analysis.speedup``);
+    baseline's final value in steps (``speedup``) and in training FLOPs per member
+    (``speedup_flops``: flops.py, F.5, the samplers' extra passes and norms counted; not in
+    seconds, which a pack's cells share), medians with the seeds that never reach it censored
+    (``analysis.speedup``; the FLOPs from ``model`` and ``batch_size``, by default
+    :func:`model_of` ``ds``);
     plus ``reached`` (fraction of seeds that reach it) and ``unbiased`` (whether the sampler's
     estimate of the fixed objective is unbiased). :func:`shown` formats it for a page."""
     from .analysis import mean_estimate, paired_ratio, speedup
 
     base = ds.sel(sampler=baseline)
     steps = ds.checkpoint.values.astype(float)
+    model, batch = model_of(ds) if model is None or batch_size is None else (model, int(batch_size))
+    base_flops = run_flops(base, model, batch, baseline)
     rows = []
     for name in ds.sampler.values:
         cur = ds.sel(sampler=name)
         if not str(cur.cell_id.values):
             continue
         sp = speedup(cur[metric].values, base[metric].values, steps)
-        sp_s = speedup(cur[metric].values, base[metric].values, cur.train_seconds.values, baseline_steps=base.train_seconds.values)
+        sp_f = speedup(cur[metric].values, base[metric].values, run_flops(cur, model, batch, str(name)), baseline_steps=base_flops)
         reached = 1 - sp.censored / sp.n if sp.n else float("nan")
         rows.append({
             "sampler": str(name), "unbiased": bool(cur.unbiased),
             "final": mean_estimate(final(cur, metric).values),
             "ratio": paired_ratio(final(cur, metric).values, final(base, metric).values),
             "objective_ratio": paired_ratio(final(cur, "heldout_objective_ema").values, final(base, "heldout_objective_ema").values),
-            "speedup": sp, "speedup_seconds": sp_s, "reached": reached,
+            "speedup": sp, "speedup_flops": sp_f, "reached": reached,
         })
     return pd.DataFrame(rows).set_index("sampler")
 
 
 def throughput_table(record: dict[str, Any]) -> pd.DataFrame:
-    """The rows of a ``benchmarks/throughput.py --json`` record, as rates and ratios to its
-    first row (the naive loop, measured in the same run of the script)."""
-    base = record["rows"][0]["model_steps_per_s"]
-    return pd.DataFrame([{
-        "configuration": r["configuration"],
-        "model-steps/s": r["model_steps_per_s"],
-        "x naive": r["model_steps_per_s"] / base,
-        "training only x naive": r.get("model_steps_per_s_training_only", r["model_steps_per_s"]) / base,
-        "peak memory (MB)": r["peak_memory_mb"],
-    } for r in record["rows"]]).set_index("configuration")
+    """The rows of a ``benchmarks/throughput.py --json`` record against its first row (the
+    naive loop, measured in the same interleaved rounds), read round by round as the script
+    prints them: ``model-steps/s`` the median over rounds with its ``min``/``max``; ``x naive``
+    the median over rounds r of the per-round ratio rate_r / naive_r, with its range
+    (``x naive min``/``max``), not the ratio of the medians; ``training only x naive`` the same
+    for the training-only rate. A record without its rounds gives the ratio of the stored
+    rates and no range (NaN)."""
+    base = record["rows"][0]
+
+    def rates(row: dict[str, Any], key: str) -> list[float]:
+        return [r.get(key, r["model_steps_per_s"]) for r in row.get("repeats") or []]
+
+    out = []
+    for row in record["rows"]:
+        entry = {"configuration": row["configuration"], "model-steps/s": row["model_steps_per_s"]}
+        lo, hi = row.get("model_steps_per_s_range", [np.nan, np.nan])
+        entry.update({"model-steps/s min": lo, "model-steps/s max": hi})
+        for key, name in (("model_steps_per_s", "x naive"), ("model_steps_per_s_training_only", "training only x naive")):
+            mine, naive = rates(row, key), rates(base, "model_steps_per_s")  # the naive loop has no training-only rate of its own
+            if mine and len(mine) == len(naive):
+                med, lo, hi = median_range(a / b for a, b in zip(mine, naive))
+            else:
+                med, lo, hi = row.get(key, row["model_steps_per_s"]) / base["model_steps_per_s"], np.nan, np.nan
+            entry.update({name: med, f"{name} min": lo, f"{name} max": hi})
+        entry["peak memory (MB)"] = row["peak_memory_mb"]
+        out.append(entry)
+    return pd.DataFrame(out).set_index("configuration")
 
 
 def _ci(est: Any) -> str:
@@ -184,8 +207,8 @@ def shown(table: pd.DataFrame, part: str = "final") -> pd.DataFrame:
     """:func:`against_baseline`'s table for a page, value [interval] per column (95% t-intervals;
     a median speed-up's interval is at its order statistics' exact level, 97.9% at 10 seeds),
     in two parts narrow enough for the page: ``"final"`` (the final values and the paired
-    ratios to the baseline, and the seeds) and ``"speed-up"`` (steps and seconds to reach the
-    baseline's final value)."""
+    ratios to the baseline, and the seeds) and ``"speed-up"`` (steps and training FLOPs per
+    member to reach the baseline's final value)."""
     if part == "final":
         columns = {
             "final value": table["final"].map(_ci),
@@ -197,7 +220,7 @@ def shown(table: pd.DataFrame, part: str = "final") -> pd.DataFrame:
     elif part == "speed-up":
         columns = {
             "speed-up (steps)": table["speedup"].map(_ci),
-            "speed-up (seconds)": table["speedup_seconds"].map(_ci),
+            "speed-up (training FLOPs)": table["speedup_flops"].map(_ci),
             "seeds reaching": table["reached"].map(lambda r: f"{r:.0%}"),
         }
     else:

@@ -7,6 +7,7 @@ bad options get one line."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def test_the_benchmark_runs_both_ways_and_its_numbers_agree(tmp_path):
     out = tmp_path / "gt.json"
     cmd = [sys.executable, str(SCRIPT), "--grid-file", str(tiny_grid(tmp_path)), "--samplers", "uniform,var_opt", "--seeds", "2",
            "--steps", "20", "--repeats", "2", "--jobs", "1", "--pack-size", "4", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads(out.read_text())
     assert (rec["subgrid"], rec["seeds"], rec["steps"], rec["repeats"], rec["pack_size"]) == ("compare", 2, 20, 2, 4)

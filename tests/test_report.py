@@ -182,7 +182,7 @@ def test_select_lr_follows_the_written_rule():
 
 def test_against_baseline_and_shown_keep_working_with_censored_speedups():
     ds = _grid({"uniform": _cell(np.ones(10)), "stratified": _cell(R_B)})
-    tab = report.against_baseline(ds, "integrated_excess_ema")
+    tab = report.against_baseline(ds, "integrated_excess_ema", model=MLPConfig(dim=2, hidden=16, depth=2), batch_size=B)
     assert tab.loc["stratified", "reached"] == pytest.approx(0.7)
     assert tab.loc["stratified", "speedup"].censored == 3
     page = report.shown(tab, "speed-up")
