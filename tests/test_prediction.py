@@ -20,7 +20,6 @@ from fmstudy.analysis import Estimate
 from fmstudy.prediction import predicted_vs_measured, prediction_correlation
 
 
-
 def S(r: float) -> float:
     """(4.6) with B_noise = 64 = B, as in every planted cell: (1 + 1) / (1 + 1 / r)."""
     return 2 / (1 + 1 / r)
