@@ -105,7 +105,9 @@ def test_the_central_figure_draws_every_identified_point_with_its_interval_and_t
     table.loc[0, "speedup_steps"] = Estimate(math.nan, 0.0, 2.0, 10, censored=6)  # hidden by censoring
     ax = plots.predicted_vs_measured(table)
     drawn = {c.get_label(): c.lines for c in ax.containers}
-    assert sum(len(lines[0].get_xdata()) for lines in drawn.values()) == 5 and "1 not identified" in ax.get_title()
+    assert sum(len(lines[0].get_xdata()) for lines in drawn.values()) == 5 and "1 not identified (1 as bounds)" in ax.get_title()
+    bounds = [c for c in ax.collections if c.get_label() == "not reached: upper bound"][0]
+    np.testing.assert_allclose(bounds.get_offsets(), [[table.loc[0, "predicted"], 2.0]])  # at the interval's upper end
     var_opt = drawn["var_opt, gmm8"]
     np.testing.assert_allclose(var_opt[0].get_xdata(), [S(3.0)] * 2)
     np.testing.assert_allclose(var_opt[0].get_ydata(), [1.25, 1.6])
