@@ -62,7 +62,7 @@ def tuned_rates(tune_ds: xr.Dataset, metric: str = "heldout_objective_ema") -> p
     """The rate chosen by (L.1) for each group of ``tune_ds``'s axes other than ``lr`` (the
     index: those axes, plus ``benchmark`` when the grid fixed it, so that a rate is never read
     for another benchmark), with ``metric`` (the group's mean final value at that rate, an
-    Estimate with its t-interval and seeds), ``rates`` (the candidates tried) and ``eligible``
+    Estimate with its t-interval), ``n`` (its seeds), ``rates`` (the candidates tried) and ``eligible``
     (how many had no divergence). A group where every rate diverged has ``lr`` NaN."""
     if "lr" not in tune_ds["cell_id"].dims:
         raise ValueError(f"tuning results with axes {list(tune_ds['cell_id'].dims)} are not allowed: lr must be an axis")
@@ -80,6 +80,7 @@ def tuned_rates(tune_ds: xr.Dataset, metric: str = "heldout_objective_ema") -> p
         pick = group[group["chosen"]]
         row = {**dict(zip(others, keys)), **extra, "lr": float(pick["lr"].iloc[0]) if len(pick) else np.nan}
         row[metric] = pick["estimate"].iloc[0] if len(pick) else None
+        row["n"] = int(pick["n"].iloc[0]) if len(pick) else int(group["n"].max())  # seeds, beside the interval
         row["rates"] = tuple(sorted(float(v) for v in group["lr"]))
         row["eligible"] = int(group["eligible"].sum())
         rows.append(row)

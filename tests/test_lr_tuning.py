@@ -67,7 +67,7 @@ def test_tuned_rates_follow_the_rule_on_planted_objectives():
     assert lr["uniform"] == 0.01 and lr["arcsine"] == 0.01 and lr["var_opt"] == 0.01
     assert np.isnan(lr["loss_second_moment"]) and table["eligible"].droplevel(1)["loss_second_moment"] == 0
     est = table["heldout_objective_ema"].droplevel(1)["arcsine"]
-    assert est.value == pytest.approx(0.7) and est.n == 10  # the noise has mean 0
+    assert est.value == pytest.approx(0.7) and est.n == 10 and (table["n"] == 10).all()  # the noise has mean 0
     assert table["rates"].iloc[0] == tuple(RATES) and table["eligible"].droplevel(1)["arcsine"] == 2
 
 
