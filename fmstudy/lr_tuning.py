@@ -27,7 +27,11 @@ import xarray as xr
 from .store import label
 from .tables import _cells, select_lr
 
-__all__ = ["check_tuned", "collapse_rate", "same_family", "tuned_rates"]
+__all__ = ["CONTEXT", "check_tuned", "collapse_rate", "same_family", "tuned_rates"]
+
+# What a tuned rate belongs to besides the tuning grid's own axes: the problem it was tuned on.
+# Not sigma nor the budget (steps, warm-up): the rate is reused across those by design.
+CONTEXT = ("benchmark", "benchmark_options", "target", "weighting", "batch_size", "hidden", "depth")
 
 Key = Callable[[str, Any], Any]
 
@@ -60,8 +64,8 @@ def same_family(axis: str, value: Any) -> Any:
 
 def tuned_rates(tune_ds: xr.Dataset, metric: str = "heldout_objective_ema") -> pd.DataFrame:
     """The rate chosen by (L.1) for each group of ``tune_ds``'s axes other than ``lr`` (the
-    index: those axes, plus ``benchmark`` when the grid fixed it, so that a rate is never read
-    for another benchmark), with ``metric`` (the group's mean final value at that rate, an
+    index: those axes, plus each parameter of :data:`CONTEXT` the grid fixed, so that a rate is
+    never read for another benchmark, target, weighting, batch or model), with ``metric`` (the group's mean final value at that rate, an
     Estimate with its t-interval), ``n`` (its seeds), ``rates`` (the candidates tried) and ``eligible``
     (how many had no divergence). A group where every rate diverged has ``lr`` NaN."""
     if "lr" not in tune_ds["cell_id"].dims:
@@ -71,9 +75,8 @@ def tuned_rates(tune_ds: xr.Dataset, metric: str = "heldout_objective_ema") -> p
         raise ValueError("tuning results with lr as their only axis are not allowed: there is no sampler (or weighting) to tune for")
     _, cand = select_lr(tune_ds, metric)
     cand = cand.reset_index()
-    extra = {}
-    if "benchmark" not in others and "benchmark" in _fixed(tune_ds):
-        extra["benchmark"] = label(_fixed(tune_ds)["benchmark"])
+    fixed = _fixed(tune_ds)
+    extra = {k: _plain(label(fixed[k])) for k in CONTEXT if k not in others and k in fixed}
     rows = []
     for keys, group in cand.groupby(others, sort=False):
         keys = keys if isinstance(keys, tuple) else (keys,)
@@ -85,6 +88,16 @@ def tuned_rates(tune_ds: xr.Dataset, metric: str = "heldout_objective_ema") -> p
         row["eligible"] = int(group["eligible"].sum())
         rows.append(row)
     return pd.DataFrame(rows).set_index([*others, *extra])
+
+
+def _plain(value: Any) -> Any:
+    """A key's value comparable across grids: numbers as floats (an axis holds 256.0 where a
+    fixed parameter holds 256), None (a benchmark's default) as the text "None"."""
+    if value is None:
+        return "None"
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def _run_rate(ds: xr.Dataset, labels: dict[str, Any]) -> float:
@@ -109,11 +122,11 @@ def check_tuned(
     rule: dict[tuple, float] = {}
     for idx, lr in table.reset_index().set_index(on)["lr"].items():
         idx = idx if isinstance(idx, tuple) else (idx,)
-        rule[tuple(key(a, v) for a, v in zip(on, idx))] = float(lr)
+        rule[tuple(_plain(key(a, v)) for a, v in zip(on, idx))] = float(lr)
     rows = []
     for labels, cell in _cells(eval_ds):
         try:
-            want = tuple(key(a, _value(eval_ds, labels, a)) for a in on)
+            want = tuple(_plain(key(a, _value(eval_ds, labels, a))) for a in on)
         except KeyError as err:
             raise ValueError(f"evaluation results without {err.args[0]!r} are not allowed: the tuned rates are keyed on {on}") from None
         run = _run_rate(eval_ds, labels)

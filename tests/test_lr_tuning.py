@@ -141,3 +141,21 @@ def test_tuned_rates_refuse_results_without_a_rate_axis():
         tuned_rates(_tune().sel(lr=0.01))
     with pytest.raises(ValueError, match="lr as their only axis"):
         tuned_rates(_tune().sel(sampler="uniform"))
+
+
+def test_a_rate_is_the_rule_only_for_the_problem_it_was_tuned_on():
+    """Tuned at batch 256 with the benchmark's default width (None) and the plain target: an
+    evaluation at batch 256 (an axis there, so 256.0) and the same width matches at every
+    sigma; one at batch 64 or with the Rao-Blackwellised target has no tuned rate."""
+    cells = {(s, lr): _cell(LEVELS[s][lr]) for s in ("uniform", "var_opt") for lr in RATES}
+    context = {"benchmark": "gmm8", "batch_size": 256, "hidden": None, "target": "plain", "sigma": 1.0}
+    tune = _grid(cells, {"sampler": ["uniform", "var_opt"], "lr": RATES}, context)
+    table = tuned_rates(tune)
+    assert table.index.names == ["sampler", "benchmark", "target", "batch_size", "hidden"]
+    evals = {(s, b, sg): _cell(0.5) for s in ("uniform", "var_opt") for b in (64, 256) for sg in (0.0, 2.0)}
+    ev = _grid(evals, {"sampler": ["uniform", "var_opt"], "batch_size": [64, 256], "sigma": [0.0, 2.0]},
+               {"benchmark": "gmm8", "hidden": None, "target": "plain", "lr": 0.01})
+    bad = check_tuned(ev, table)
+    assert len(bad) == 4 and (bad["batch_size"] == 64).all() and (bad["why"] == "no tuned rate for this cell").all()
+    rb = ev.assign_attrs(fixed=json.dumps({"benchmark": "gmm8", "hidden": None, "target": "rb", "lr": 0.01}))
+    assert len(check_tuned(rb, table)) == 8
