@@ -55,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--jobs", type=int, default=1, help="local worker processes (one GPU each when several are visible)")
     g.add_argument("--pack-size", type=int, default=None, metavar="N",
                    help="run at most N cells that differ only in sampler, lr and seeds as one ensemble "
-                        "(default 1: each cell alone; a pack's cells share one clock, so their seconds are the pack's)")
+                        "(default 16 on a CPU, 64 with CUDA; 1: each cell in its own execution)")
     g.add_argument("--force", action="store_true", help="rerun finished cells too")
     g.add_argument("--results", help="results folder (default: the grid file's 'results')")
     g.add_argument("--pages", help="folder of executed notebooks (default: the grid file's 'pages')")

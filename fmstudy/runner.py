@@ -25,13 +25,26 @@ from .store import GridError, is_finished
 
 __all__ = ["Summary", "default_pack_size", "plan_packs", "preflight", "run_grid"]
 
-# Packing is opt-in (--pack-size N) for now: the cells of a pack share one clock, so their
-# train_seconds and wall_seconds are the pack's, and the chapters that read seconds per cell
-# (wall-clock speed-ups, chapter 8's cost table) would misread them. Measured gain when on: on
-# the 2-core CPU, 4 cells of 3 seeds (gmm8, 300 steps) took 43-75 s packed against 83-117 s
-# one by one (3 runs each, interleaved; ratio 1.5-2.0).
-GPU_PACK_SIZE = 1
-CPU_PACK_SIZE = 1
+# Packing is the default. It was opt-in while the chapters read seconds per cell: a pack's
+# cells share one clock (their train_seconds is the pack's; a record's seconds is the pack's
+# wall time shared equally), so per-cell seconds could not compare cells. The book now
+# compares cells by training FLOPs (fmstudy.flops) and shows wall-clock per execution (a pack
+# or a lone cell) and per model-step only, so a pack costs it nothing.
+# CPU: 16 cells. What packing saves is each execution's fixed cost (kernel start and imports,
+# noise floors, evaluation set-up: about half of a quick-profile cell's 15-35 s on the 2-core
+# machine) and the per-step fixed cost (a few hundred operators a step, paid once for all the
+# members of a run); measured, 4 cells of 3 seeds ran 1.5-2.0x faster packed (3 interleaved
+# runs; benchmarks/grid_throughput.py measures a whole sub-grid). On a CPU a step's cost
+# grows linearly in the members beyond M ~ 64 (matmul-bound: benchmarks/throughput.py gains
+# nothing at M = 64), so packs of more than ~16 cells of 10 seeds add nothing but a larger loss
+# when one fails (its cells rerun alone) and coarser progress; a quick-profile sub-grid of 11
+# samplers per sigma fits one pack.
+# GPU: 64 cells (640 members at 10 seeds): a 10-member cell cannot fill a GPU, and the
+# engine's GPU measurement uses 1,024 members; the largest model here (digits, hidden 256)
+# needs about 2 GB for 640 members' weights, gradients, Adam moments and EMA.
+# Local packs are cut further so that every --jobs worker gets one (plan_packs).
+GPU_PACK_SIZE = 64
+CPU_PACK_SIZE = 16
 
 
 @dataclass
@@ -83,8 +96,8 @@ def _init_worker(counter: Any, gpus: list[str], threads: int) -> None:
 
 
 def default_pack_size() -> int:
-    """Cells per pack when ``--pack-size`` is not given: ``GPU_PACK_SIZE`` when CUDA is
-    available, else ``CPU_PACK_SIZE`` (measured: see its comment)."""
+    """Cells per pack when ``--pack-size`` is not given: ``GPU_PACK_SIZE`` (64) when CUDA is
+    available, else ``CPU_PACK_SIZE`` (16); why these, see their comment."""
     import torch
 
     return GPU_PACK_SIZE if torch.cuda.is_available() else CPU_PACK_SIZE
@@ -205,8 +218,9 @@ def run_grid(
     with the grid file's ``slurm`` resources updated by ``slurm`` (``cluster`` picks submitit's
     ``"local"`` or ``"debug"`` executor instead of Slurm, for tests) and waits for it.
     ``pack_size``: at most this many cells that differ only in sampler, lr and seeds run as one
-    ensemble (:mod:`fmstudy.packrun`; None: :func:`default_pack_size`; 1: each cell alone); a
-    notebook without a ``*_pack.ipynb`` sibling runs each cell alone."""
+    ensemble (:mod:`fmstudy.packrun`; None, the default: :func:`default_pack_size`, 16 cells on
+    a CPU and 64 with CUDA; 1: each cell alone, in its own execution); a notebook without a
+    ``*_pack.ipynb`` sibling runs each cell alone."""
     from tqdm import tqdm
 
     make_executor = preflight(grid, executor, jobs, slurm, cluster, pack_size=pack_size)

@@ -94,6 +94,30 @@ def test_a_pack_gives_each_cell_its_own_files_equal_to_per_cell_execution(tmp_pa
     assert values(grid.results).keys() == a.keys() and all(np.array_equal(values(grid.results)[k], a[k]) for k in a)
 
 
+def test_packing_is_the_default_and_pack_size_1_runs_each_cell_alone(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from fmstudy.runner import CPU_PACK_SIZE, GPU_PACK_SIZE, default_pack_size
+
+    for cuda, size in ((False, CPU_PACK_SIZE), (True, GPU_PACK_SIZE)):
+        with monkeypatch.context() as m:
+            m.setattr(torch.cuda, "is_available", lambda cuda=cuda: cuda)
+            assert default_pack_size() == size > 1
+    default, alone = (write_grid(tmp_path / name, {"axes": AXES}) for name in ("default", "alone"))
+    assert main(["grid", str(default), "--dry-run"]) == 0
+    assert "(4 to run in 1 executions of at most 4 cells)" in capsys.readouterr().out
+    assert main(["grid", str(alone), "--dry-run", "--pack-size", "1"]) == 0
+    assert "(4 to run in 4 executions of at most 1 cells)" in capsys.readouterr().out
+    assert main(["grid", str(default), "--quiet"]) == 0 and main(["grid", str(alone), "--quiet", "--pack-size", "1"]) == 0
+    d, a = load_grid(default), load_grid(alone)
+    assert [len(r["pack"]) for r in records(d.results).values()] == [4] * 4  # one execution of the four cells
+    assert not any("pack" in r for r in records(a.results).values())
+    logs = [json.loads((g.results / "runs.jsonl").read_text().splitlines()[-1]) for g in (d, a)]
+    assert [(log["pack_size"], log["packs"]) for log in logs] == [(default_pack_size(), 1), (1, 4)]
+    assert values(d.results).keys() == values(a.results).keys()
+    assert all(np.array_equal(values(d.results)[k], values(a.results)[k]) for k in values(d.results))
+
+
 def test_packs_shrink_to_keep_every_worker_busy(tmp_path):
     grid = load_grid(write_grid(tmp_path, {"axes": AXES}))
     assert not run_grid(grid, progress=False, jobs=2, pack_size=4).failed
