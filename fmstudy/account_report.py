@@ -105,6 +105,8 @@ def predicted_gains(ds: xr.Dataset, batch: int, metric: str = "adam") -> pd.Data
     run's median noise scale per batch; and the speed-ups (4.6) they predict at that noise
     scale, ``predicted speed-up`` of the sampler and ``predicted speed-up of R`` (the best
     unbiased allocation with i.i.d. draws)."""
+    if metric not in ("adam", "euclid"):
+        raise ValueError(f"metric={metric!r} is not allowed: the account is in 'adam' or 'euclid' metric")
     prefix = "var_adam_" if metric == "adam" else "var_"
     rows = []
     for name in ds.sampler.values:

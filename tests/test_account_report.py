@@ -95,3 +95,5 @@ def test_predicted_gains_read_stratified_draws_from_the_stratified_account_and_p
     np.testing.assert_allclose(table["predicted speed-up of R"], 1.5)
     assert (table["B_noise / B"] == 1.0).all()
     assert draws_stratified("var_opt(neyman=True, stratified=True)") and not draws_stratified("var_opt(metric=adam)")
+    with pytest.raises(ValueError, match="metric='l2' is not allowed"):
+        predicted_gains(ds, batch=8, metric="l2")
