@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import xarray as xr
 
-__all__ = ["SCHEMA", "atomic_write", "build_dataset", "cell_labels", "split_pack", "write_netcdf", "read_netcdf"]
+__all__ = ["SCHEMA", "atomic_write", "build_dataset", "cell_labels", "compact_encoding", "split_pack", "write_netcdf", "read_netcdf"]
 
 M, S, C, K = "member", "step", "checkpoint", "t_bin"
 
@@ -206,9 +206,50 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     return path
 
 
+# HDF5's 1.10 object formats: compact object headers and a chunk index of a few bytes for a
+# one-chunk variable, where the default (1.8) formats spend about 2 KB of B-tree per compressed
+# variable, which made compression grow a cell's file (257 KB to 543 KB for 3 seeds). Readable
+# by HDF5 1.10 (2018) and later, hence netCDF-C and h5py of the last years.
+HDF5_FORMAT = ("v110", "v110")
+# Compressed (zlib after a byte shuffle, lossless) only from this size: below it the filter's
+# own bookkeeping costs more than it saves.
+COMPRESS_FROM_BYTES = 1024
+
+
+def compact_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """The netCDF encoding that :func:`write_netcdf` uses: zlib (level 6) after a byte shuffle
+    for every numeric variable of ``COMPRESS_FROM_BYTES`` or more, nothing else changed (the
+    dtype stays, so reading gives the same bits). Measured on a quick-profile cell (3 seeds,
+    1,000 steps, 121 variables): 257 KB written plainly, 204 KB so; the rest is HDF5's
+    per-variable metadata, which no encoding removes."""
+    return {
+        str(name): {"zlib": True, "complevel": 6, "shuffle": True}
+        for name, var in ds.variables.items()
+        if var.dtype.kind in "fiu" and var.nbytes >= COMPRESS_FROM_BYTES
+    }
+
+
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
-    """Write a run's Dataset atomically (:func:`atomic_write`)."""
-    return atomic_write(path, lambda tmp: ds.to_netcdf(tmp, engine="h5netcdf"))
+    """Write a run's Dataset atomically (:func:`atomic_write`), compactly
+    (:func:`compact_encoding`, HDF5 1.10 formats); :func:`read_netcdf` reads files written
+    before this (default HDF5 formats, uncompressed) the same way."""
+    from xarray.backends.h5netcdf_ import H5NetCDFStore
+
+    # encodings carried over from a file the Dataset was read from (chunk sizes, filters)
+    # must not decide how it is written: only compact_encoding does
+    ds = ds.copy()
+    for var in ds.variables.values():
+        var.encoding = {}
+
+    def write(tmp: str) -> None:
+        # to_netcdf cannot pass HDF5's format bounds to h5py: open the store with them and dump
+        store = H5NetCDFStore.open(tmp, mode="w", driver_kwds={"libver": HDF5_FORMAT})
+        try:
+            ds.dump_to_store(store, encoding=compact_encoding(ds))
+        finally:
+            store.close()
+
+    return atomic_write(path, write)
 
 
 def read_netcdf(path: str | os.PathLike) -> xr.Dataset:

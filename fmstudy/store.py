@@ -5,7 +5,9 @@ A cell's files in the results folder are ``cells/<id>.nc`` (written by the noteb
 ``cells/<id>.lock``. A cell is finished only when its record says so, its page reads as a
 notebook and its netCDF file opens with its id: a partly written or foreign file is never
 trusted and the cell runs again. Records name the page relative to the results folder, so a
-checkout that is moved or renamed still finds its finished cells.
+checkout that is moved or renamed still finds its finished cells. Results shipped with the
+repository without their pages (:mod:`fmstudy.ship`) say so in their records
+(``"page_shipped": false``): such a cell is finished without its page.
 
 This module sits below the runner and below :mod:`fmstudy.report`: reading results needs
 neither papermill nor the grid file's validation.
@@ -78,15 +80,17 @@ def _readable_notebook(path: Path) -> bool:
 def cell_result(results: Path, rec: Mapping[str, Any], pages: Path | None = None) -> tuple[Any, str]:
     """``(Dataset, "")`` if the cell is finished, else ``(None, why)``; ``why`` is empty when the
     record itself does not claim the cell is finished (running, failed). Finished = its record
-    says ok, its page reads as a notebook, and its netCDF file opens and carries its id."""
+    says ok, its page reads as a notebook (unless the record says its results were shipped
+    without it: ``"page_shipped": false``), and its netCDF file opens and carries its id."""
     if rec.get("status") != "ok":
         return None, ""
-    try:
-        page = page_path(results, rec, pages)
-    except (KeyError, TypeError, ValueError):
-        return None, "its record names no page"
-    if not _readable_notebook(page):
-        return None, f"its page {page} is missing or not a readable notebook"
+    if rec.get("page_shipped") is not False:
+        try:
+            page = page_path(results, rec, pages)
+        except (KeyError, TypeError, ValueError):
+            return None, "its record names no page"
+        if not _readable_notebook(page):
+            return None, f"its page {page} is missing or not a readable notebook"
     path = Path(results) / "cells" / f"{rec['id']}.nc"
     try:
         ds = read_netcdf(path)
