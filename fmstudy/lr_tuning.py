@@ -27,7 +27,7 @@ import xarray as xr
 from .store import label
 from .tables import _cells, select_lr
 
-__all__ = ["CONTEXT", "check_tuned", "collapse_rate", "same_family", "tuned_rates"]
+__all__ = ["CONTEXT", "cell_param", "check_tuned", "collapse_rate", "same_family", "tuned_rates"]
 
 # What a tuned rate belongs to besides the tuning grid's own axes: the problem it was tuned on.
 # Not sigma nor the budget (steps, warm-up): the rate is reused across those by design.
@@ -40,7 +40,7 @@ def _fixed(ds: xr.Dataset) -> dict[str, Any]:
     return json.loads(ds.attrs.get("fixed") or "{}")
 
 
-def _value(ds: xr.Dataset, labels: dict[str, Any], name: str) -> Any:
+def cell_param(ds: xr.Dataset, labels: dict[str, Any], name: str) -> Any:
     """A cell's ``name``: its axis label, else a scalar coordinate, else the grid's fixed
     parameter (labelled as ``collect`` labels axes); KeyError when the results do not say."""
     if name in labels:
@@ -102,7 +102,7 @@ def _plain(value: Any) -> Any:
 
 def _run_rate(ds: xr.Dataset, labels: dict[str, Any]) -> float:
     try:
-        return float(_value(ds, labels, "lr"))
+        return float(cell_param(ds, labels, "lr"))
     except KeyError:
         raise ValueError("evaluation results that do not record their learning rate are not allowed: lr is neither an axis nor fixed") from None
 
@@ -126,7 +126,7 @@ def check_tuned(
     rows = []
     for labels, cell in _cells(eval_ds):
         try:
-            want = tuple(_plain(key(a, _value(eval_ds, labels, a))) for a in on)
+            want = tuple(_plain(key(a, cell_param(eval_ds, labels, a))) for a in on)
         except KeyError as err:
             raise ValueError(f"evaluation results without {err.args[0]!r} are not allowed: the tuned rates are keyed on {on}") from None
         run = _run_rate(eval_ds, labels)
@@ -149,7 +149,7 @@ def collapse_rate(ds: xr.Dataset) -> xr.Dataset:
     cell ran at no rate). A cell that ran at two rates is refused in one line."""
     ids = ds["cell_id"]
     if "lr" not in ids.dims:
-        lr = float(_value(ds, {}, "lr")) if ("lr" in ds.coords or "lr" in _fixed(ds)) else np.nan
+        lr = float(cell_param(ds, {}, "lr")) if ("lr" in ds.coords or "lr" in _fixed(ds)) else np.nan
         return ds.assign(lr_used=xr.full_like(ids, lr, dtype=float).where(ids != ""))
     ran = ids != ""
     count = ran.sum("lr")

@@ -34,7 +34,7 @@ from scipy import stats
 from .account_report import predicted_gains
 from .analysis import Estimate
 from .checks import check_float, check_int
-from .lr_tuning import _value
+from .lr_tuning import cell_param
 from .sweeps import comparison_groups
 from .tables import comparison_table
 
@@ -61,7 +61,7 @@ def predicted_vs_measured(
     rows = []
     for name, ds in items:
         for labels, group, m in comparison_groups(ds, metric, baseline):
-            batch = int(_value(group, labels, "batch_size"))
+            batch = int(cell_param(group, labels, "batch_size"))
             gains = predicted_gains(group, batch, account)
             comp = comparison_table(group, m, baseline, level=level)
             for sampler, c in comp.iterrows():
@@ -71,7 +71,7 @@ def predicted_vs_measured(
                 setting = {}
                 for key in _SETTING:
                     try:
-                        setting[key] = _value(group, labels, key)
+                        setting[key] = cell_param(group, labels, key)
                     except KeyError:
                         setting[key] = np.nan
                 rows.append({
