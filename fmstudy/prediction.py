@@ -18,7 +18,10 @@ The agreement over the points (x_i, y_i) = (predicted, measured):
     Spearman  rho_s = corr(rank x, rank y)                                             (P.1)
 
 each with a percentile bootstrap interval over points (resampling settings, not seeds: the
-points' own measurement errors are not propagated).
+points' own measurement errors are not propagated). A sampler slower than uniform has no
+identified median step speed-up (most seeds never reach uniform's final value), so the
+correlation on ``speedup_steps`` is over the faster points only; the one on the final ratio
+(``measured="ratio"``) keeps every point and is the one to quote beside it.
 """
 
 from __future__ import annotations
