@@ -2,7 +2,7 @@
 tidy tables, links to the per-cell pages, and glue of headline numbers (STUDY.md section 7).
 
 The chapters read results and never train. They find them through ``$FMSTUDY_PROFILE`` (smoke,
-quick or full; ``make book`` sets it, default quick) under ``$FMSTUDY_RESULTS`` (default:
+quick, full or paper; ``make book`` sets it, default paper: the shipped results) under ``$FMSTUDY_RESULTS`` (default:
 ``results/`` at the repository's top).
 """
 
@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def profile() -> str:
-    return os.environ.get("FMSTUDY_PROFILE", "quick")
+    return os.environ.get("FMSTUDY_PROFILE", "paper")
 
 
 def results_dir() -> Path:
@@ -70,9 +70,21 @@ def tidy_curves(ds: xr.Dataset, var: str, by: str = "sampler") -> pd.DataFrame:
     return df.rename(columns={"member": "seed"})[[by, "seed", "checkpoint", var]].dropna()
 
 
+def _runs() -> Path:
+    return ROOT / "book" / "runs" / profile()
+
+
 def run_link(cell_id: str, text: str, depth: int = 1) -> str:
-    """HTML link from a chapter (``depth`` folders below the book's root) to a cell's page."""
-    return f'<a href="{"../" * depth}runs/{profile()}/{cell_id}.html">{text}</a>'
+    """HTML link from a chapter (``depth`` folders below the book's root) to a cell's page; where
+    the page is absent (results shipped without pages, :mod:`fmstudy.ship`), to the cell's row in
+    the profile's table of records (``runs/<profile>/cells.md``); with neither, the cell id as
+    text: never a broken link."""
+    up = f'{"../" * depth}runs/{profile()}'
+    if (_runs() / f"{cell_id}.ipynb").is_file():
+        return f'<a href="{up}/{cell_id}.html">{text}</a>'
+    if (_runs() / "cells.md").is_file():
+        return f'<a href="{up}/cells.html#cell-{cell_id}">{text}</a>'
+    return f"<code>{cell_id}</code>"
 
 
 def run_links_table(ds: xr.Dataset, rows: str, cols: str | None = None, depth: int = 1) -> str:
@@ -88,7 +100,8 @@ def run_links_table(ds: xr.Dataset, rows: str, cols: str | None = None, depth: i
         tds = ""
         for c in col_values:
             cid = str(ids.sel({rows: r, **({cols: c} if cols else {})}).item())
-            tds += f"<td>{run_link(cid, 'page', depth) if cid else '—'}</td>"
+            text = "page" if (_runs() / f"{cid}.ipynb").is_file() else "record"
+            tds += f"<td>{run_link(cid, text, depth) if cid else '—'}</td>"
         body += f"<tr><td>{r}</td>{tds}</tr>"
     return f"<table><tr><th>{rows}</th>{head}</tr>{body}</table>"
 
