@@ -221,3 +221,15 @@ def test_the_real_pack_notebook_equals_the_cell_notebook(tmp_path):
     ca, cb = collect(packed.results), collect(single.results)
     for name in ("sample_sw", "final_loss" if "final_loss" in ca else "train_loss"):
         np.testing.assert_array_equal(ca[name].values, cb[name].values)
+
+
+def test_the_quick_profile_runs_ten_seeds_in_a_few_packs_and_smoke_stays_tiny():
+    from fmstudy.runner import plan_packs
+
+    quick = load_grid(ROOT / "papermill_params" / "quick.yaml")
+    assert {tuple(c.params["seeds"]) for c in quick.cells} == {tuple(range(10))}
+    packs = plan_packs(quick, quick.cells, 16, "local", jobs=2)
+    assert len(quick.cells) == 38 and len(packs) == 7  # as its header says
+    assert sorted(c.id for p in packs for c in p) == sorted(c.id for c in quick.cells)
+    smoke = load_grid(ROOT / "papermill_params" / "smoke.yaml")
+    assert max(len(c.params["seeds"]) for c in smoke.cells) <= 2 and max(c.params["steps"] for c in smoke.cells) <= 60
