@@ -1,0 +1,220 @@
+"""Shipping results (fmstudy.ship, the compact writer, shipped cells in the store, run links):
+the compact files read back bit for bit as written before, a shipped cell without its page is
+finished, the provenance names the commit git names, the book's links never break, and
+.gitignore ships exactly what fmstudy.ship.SHIPPED says."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from fmstudy import report, ship
+from fmstudy.results import SCHEMA, build_dataset, read_netcdf, write_netcdf
+from fmstudy.store import cell_result, is_finished
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cell_dataset(cid: str, seed: int = 0, members: int = 3, steps: int = 1000):
+    """A cell's Dataset of the schema's per-member variables, values as the engine's (float32
+    losses; float64 measurements, some rounded from float32), a NaN and a -1 among them."""
+    rng = np.random.default_rng(seed)
+    sizes = {"member": members, "step": steps, "checkpoint": 8, "t_bin": 20}
+    arrays = {}
+    for name, (dims, _, _) in SCHEMA.items():
+        if not dims or dims[0] != "member" or any(d not in sizes for d in dims):
+            continue
+        shape = tuple(sizes[d] for d in dims)
+        value = rng.lognormal(size=shape)
+        arrays[name] = value.astype(np.float32) if dims[-1] == "step" else value
+    arrays["q"] = arrays["q"].astype(np.float32).astype(np.float64)  # float32-valued, as some engine outputs are
+    arrays["loss"][0, 0, 0] = np.nan
+    arrays["diverged_step"] = np.array([-1] + [7] * (members - 1), dtype=np.int64)
+    attrs = {"cell_id": cid, "device": "cpu", "torch_version": "2.x", "fmstudy_version": "0.1.0", "host": "h", "wall_seconds": 1.5,
+             "config": {"lr": 0.01}}
+    return build_dataset(arrays, list(range(members)), steps, list(range(0, 8 * 100, 100)), np.linspace(0, 1, 21), attrs)
+
+
+def old_write(ds, path: Path) -> None:
+    """The writer before compaction: xarray's default netCDF4 file."""
+    ds.to_netcdf(path, engine="h5netcdf")
+
+
+def assert_reads_as(path: Path, ds) -> None:
+    """``path`` reads as ``ds``, checked variable by variable against the in-memory arrays."""
+    back = read_netcdf(path)
+    assert list(back.variables) == list(ds.variables)
+    for name, var in ds.variables.items():
+        got = back[name]
+        assert got.dtype == var.dtype and got.dims == var.dims, name
+        np.testing.assert_array_equal(got.values, var.values, err_msg=name)
+        assert got.attrs == var.attrs, name
+    assert back.attrs == ds.attrs
+
+
+def test_the_compact_writer_is_lossless_smaller_and_old_files_read_the_same(tmp_path):
+    ds = cell_dataset("a" * 16)
+    old_write(ds, tmp_path / "old.nc")
+    write_netcdf(ds, tmp_path / "new.nc")
+    assert_reads_as(tmp_path / "old.nc", ds)
+    assert_reads_as(tmp_path / "new.nc", ds)
+    assert ship.same_bits(read_netcdf(tmp_path / "old.nc"), read_netcdf(tmp_path / "new.nc")) == ""
+    old, new = (tmp_path / "old.nc").stat().st_size, (tmp_path / "new.nc").stat().st_size
+    assert new < 0.9 * old, (old, new)
+    with h5py.File(tmp_path / "new.nc") as f:
+        assert f["train_loss"].compression == "gzip" and f["train_loss"].shuffle  # 12 KB: compressed
+        assert f["diverged_step"].compression is None  # 24 bytes: not worth a filter
+
+
+def test_same_bits_sees_a_single_bit_an_attribute_and_the_order():
+    ds = cell_dataset("b" * 16)
+    assert ship.same_bits(ds, ds.copy(deep=True)) == ""
+    other = ds.copy(deep=True)
+    x = other["loss"].values.view(np.uint64)
+    x[1, 2, 3] ^= 1  # one ulp
+    assert "loss" in ship.same_bits(ds, other)
+    other = ds.copy(deep=True)
+    other["q"].attrs["units"] = "2"
+    assert "q" in ship.same_bits(ds, other)
+    other = ds.copy(deep=True)
+    other.attrs["wall_seconds"] = np.float32(1.5)  # same value, another type
+    assert "global" in ship.same_bits(ds, other)
+    assert "variables differ" in ship.same_bits(ds, ds[list(reversed(list(ds.data_vars)))])
+
+
+def write_cell(results: Path, cid: str, status: str = "ok", nc_id: str | None = None, seed: int = 0) -> None:
+    cells = results / "cells"
+    cells.mkdir(parents=True, exist_ok=True)
+    old_write(cell_dataset(nc_id or cid, seed), cells / f"{cid}.nc")
+    rec = {"id": cid, "status": status, "page": f"../pages/{cid}.ipynb", "params": {"seeds": [0, 1, 2], "sampler": {"name": "uniform"}},
+           "labels": {"sampler": "uniform", "lr": 0.01}, "grids": ["g"], "grid_axes": {"g": ["sampler"]}, "grid_file": "x.yaml",
+           "seconds": 2.0}
+    (cells / f"{cid}.json").write_text(json.dumps(rec))
+
+
+IDS = ["0" * 16, "1" * 16, "2" * 16, "3" * 16, "4" * 16]
+
+
+def shipped_results(tmp_path: Path) -> Path:
+    """Two finished cells, one running (lock), one failed, one whose file is another cell's."""
+    res = tmp_path / "results"
+    write_cell(res, IDS[0], seed=0)
+    write_cell(res, IDS[1], seed=1)
+    write_cell(res, IDS[2], seed=2)
+    (res / "cells" / f"{IDS[2]}.lock").write_text("")
+    write_cell(res, IDS[3], status="failed")
+    write_cell(res, IDS[4], nc_id="f" * 16)
+    return res
+
+
+def test_compact_rewrites_finished_cells_bit_equal_and_leaves_the_rest(tmp_path):
+    res = shipped_results(tmp_path)
+    before = {cid: (res / "cells" / f"{cid}.nc").read_bytes() for cid in IDS}
+    out = ship.compact(res)
+    # the failed cell is not counted (its record claims nothing); the locked and the foreign one are skipped
+    assert out["rewritten"] == 2 and out["skipped"] == 2 and out["bytes_after"] < 0.9 * out["bytes_before"]
+    for cid, seed in ((IDS[0], 0), (IDS[1], 1)):
+        assert (res / "cells" / f"{cid}.nc").read_bytes() != before[cid]
+        assert_reads_as(res / "cells" / f"{cid}.nc", cell_dataset(cid, seed))
+    for cid in IDS[2:]:
+        assert (res / "cells" / f"{cid}.nc").read_bytes() == before[cid]
+    assert not list((res / "cells").glob(".*"))  # no temporary left
+    again = ship.compact(res)  # idempotent: a compact file is not rewritten larger
+    assert again["rewritten"] == 0 and again["bytes_after"] == out["bytes_after"]
+
+
+def test_compact_keeps_the_original_when_the_rewrite_reads_differently(tmp_path, monkeypatch):
+    res = tmp_path / "results"
+    write_cell(res, IDS[0])
+    before = (res / "cells" / f"{IDS[0]}.nc").read_bytes()
+    monkeypatch.setattr(ship, "same_bits", lambda a, b: "loss: values differ")
+    with pytest.raises(ValueError, match=f"cell {IDS[0]}: its compact rewrite reads differently"):
+        ship.compact(res)
+    assert (res / "cells" / f"{IDS[0]}.nc").read_bytes() == before and not list((res / "cells").glob(".*"))
+
+
+def test_a_shipped_cell_is_finished_without_its_page(tmp_path):
+    res = shipped_results(tmp_path)
+    pages = tmp_path / "pages"
+    assert not is_finished(res, IDS[0]) and not is_finished(res, IDS[0], pages)  # a lost page: unfinished, as before
+    assert ship.mark_shipped(res) == 3  # the two finished cells and the locked one (its files are whole)
+    assert is_finished(res, IDS[0]) and is_finished(res, IDS[0], pages) and is_finished(res, IDS[1], pages)
+    rec = json.loads((res / "cells" / f"{IDS[0]}.json").read_text())
+    assert rec["page_shipped"] is False and rec["status"] == "ok" and rec["params"]["seeds"] == [0, 1, 2]
+    for cid in IDS[3:]:  # failed, foreign file: not marked, not finished
+        assert "page_shipped" not in json.loads((res / "cells" / f"{cid}.json").read_text()) and not is_finished(res, cid)
+    (res / "cells" / f"{IDS[1]}.nc").unlink()  # a shipped cell still needs its result
+    assert not is_finished(res, IDS[1], pages)
+    assert cell_result(res, {**rec, "id": IDS[1]})[1].startswith("its result")
+
+
+def test_provenance_names_the_commit_git_names(tmp_path):
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    res = shipped_results(tmp_path)
+    (res / "runs.jsonl").write_text('{"time": "2026-01-01T00:00:00", "seconds": 10}\n{"time": "2026-01-02T00:00:00", "seconds": 5.5}\n')
+    prov = ship.write_provenance(res, "python -m fmstudy grid papermill_params/paper.yaml", [ROOT])
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert prov["produced_by"][0]["commit"] == head and re.fullmatch(r"[0-9a-f]{40}", head)
+    assert prov["devices"] == ["cpu"] and prov["cells"] == 4  # the records that say ok
+    assert prov["grid_runs"] == {"first": "2026-01-01T00:00:00", "last": "2026-01-02T00:00:00", "seconds": 15.5}
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", prov["date"]) and prov["command"].endswith("paper.yaml")
+    assert json.loads((res / "PROVENANCE.json").read_text()) == json.loads(json.dumps(prov))
+    with pytest.raises(ValueError, match="is not allowed: it must be a git checkout"):
+        ship.write_provenance(res, "x", [tmp_path])
+
+
+def test_the_cells_page_and_the_run_links_never_break(tmp_path, monkeypatch):
+    res = shipped_results(tmp_path)
+    ship.mark_shipped(res)
+    monkeypatch.setattr(report, "ROOT", tmp_path)
+    monkeypatch.setenv("FMSTUDY_PROFILE", "p")
+    runs = tmp_path / "book" / "runs" / "p"
+    assert report.run_link(IDS[0], "page", 2) == f"<code>{IDS[0]}</code>"  # no page, no table: text, not a link
+    page = ship.write_cells_page(res, runs)
+    anchors = re.findall(r'<tr id="(cell-[0-9a-f]{16})">', page.read_text())
+    assert sorted(anchors) == [f"cell-{c}" for c in IDS[:3]]  # every finished cell has its row
+    link = report.run_link(IDS[1], "record", 1)
+    assert link == f'<a href="../runs/p/cells.html#cell-{IDS[1]}">record</a>' and link.split("#")[1].split('"')[0] in anchors
+    (runs / f"{IDS[1]}.ipynb").write_text("{}")
+    assert report.run_link(IDS[1], "page", 2) == f'<a href="../../runs/p/{IDS[1]}.html">page</a>'
+    for cid in IDS[:3]:
+        (runs / f"{cid}.ipynb").write_text("{}")
+    assert ship.write_cells_page(res, runs) is None and not page.exists()  # every page there: no stale table
+    monkeypatch.delenv("FMSTUDY_PROFILE")
+    assert report.profile() == "paper"
+
+
+def test_gitignore_ships_exactly_what_ship_says():
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    cid = "0123456789abcdef"
+    candidates = [f"cells/{cid}.nc", f"cells/{cid}.json", f"cells/{cid}.log", f"cells/{cid}.lock", f"cells/{cid}.failed.ipynb",
+                  f"cells/.{cid}.compact.nc", f"cells/.{cid}.json.x.tmp", "runs.jsonl", "throughput.json", "PROVENANCE.json",
+                  "floors/abc.json", "other.json"]
+    for profile in ("paper", "quick", "smoke"):
+        for rel in candidates:
+            path = f"results/{profile}/{rel}"
+            ignored = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", path]).returncode == 0
+            shipped = profile == "paper" and any(fnmatch.fnmatchcase(rel, p) for p in ship.SHIPPED)
+            assert ignored != shipped, path
+    page = subprocess.run(["git", "-C", str(ROOT), "check-ignore", "-q", "--no-index", f"book/runs/paper/{cid}.ipynb"]).returncode
+    assert page == 0  # pages are not shipped
+
+
+def test_make_book_builds_the_paper_profile_by_default():
+    if shutil.which("make") is None:
+        pytest.skip("no make")
+    dry = subprocess.run(["make", "-n", "-C", str(ROOT), "book"], capture_output=True, text=True).stdout
+    assert "grid papermill_params/paper.yaml" in dry and "FMSTUDY_PROFILE=paper" in dry and "fmstudy.ship page" in dry
+    assert "'smoke', 'quick', 'full', 'paper'" in dry
+    quick = subprocess.run(["make", "-n", "-C", str(ROOT), "book", "PROFILE=quick"], capture_output=True, text=True).stdout
+    assert "grid papermill_params/quick.yaml" in quick and "throughput.py --steps 100 --members 32" in quick
