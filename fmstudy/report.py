@@ -17,8 +17,9 @@ import pandas as pd
 import xarray as xr
 
 from .costs import cell_costs, executions, grid_throughput_table, median_range, ok_records  # the runs' cost, re-exported
+from .lr_tuning import collapse_rate
 from .stability import largest_stable_lr, spike_source, stability_table  # the chapters' tables, re-exported
-from .store import GridError, collect
+from .store import GridError, collect, label
 from .tables import (  # the chapters' tables, re-exported
     LR_RULE,
     as_text,
@@ -48,11 +49,18 @@ def results_dir() -> Path:
 
 
 def load_grid_results(grid: str) -> xr.Dataset | None:
-    """The collected cells of sub-grid ``grid`` of the current profile, or None when it was not run."""
+    """The collected cells of sub-grid ``grid`` of the current profile, or None when it was not run.
+    A sub-grid that runs each sampler at one rate (a zipped ``sampler+lr`` axis: each at its tuned
+    rate) comes without an ``lr`` axis, the rate in ``lr_used``; a learning-rate sweep (several
+    rates per sampler) keeps its ``lr`` axis."""
     try:
-        return collect(results_dir(), grid)
+        ds = collect(results_dir(), grid)
     except GridError:
         return None
+    ids = ds["cell_id"]
+    if "lr" in ids.dims and int((ids != "").sum("lr").max()) <= 1:
+        ds = collapse_rate(ds)
+    return ds
 
 
 def final(ds: xr.Dataset, var: str) -> xr.DataArray:
@@ -142,7 +150,29 @@ def convergence_metric(ds: xr.Dataset) -> str:
     return "integrated_excess_ema" if ok else "heldout_objective_ema"
 
 
-def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform", model: Any = None, batch_size: int | None = None) -> pd.DataFrame:
+def _sampler_label(name: str, cell: xr.Dataset, samplers: dict[str, str] | None) -> str:
+    """The sampler whose FLOPs a row of :func:`against_baseline` is charged: ``samplers[name]``
+    if given; ``name`` itself when it names a sampler; else the sampler in the record of the
+    row's cell (a row labelled by something else, e.g. a weighting)."""
+    import json
+
+    from .tables import sampler_norms
+
+    if samplers and name in samplers:
+        return samplers[name]
+    try:
+        sampler_norms(name)
+        return name
+    except ValueError:
+        pass
+    rec = results_dir() / "cells" / f"{str(cell.cell_id.values)}.json"
+    if rec.exists():
+        return str(label(json.loads(rec.read_text())["params"]["sampler"]))
+    raise ValueError(f"row {name!r} is not allowed without its sampler: name a sampler, or pass samplers={{{name!r}: 'uniform', ...}}")
+
+
+def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform", model: Any = None, batch_size: int | None = None,
+                     samplers: dict[str, str] | None = None) -> pd.DataFrame:
     """One row per sampler of ``ds`` (one sigma selected), as :class:`~fmstudy.analysis.Estimate`
     objects: its final ``metric`` (``final``), the paired ratio of that to ``baseline``
     (``ratio``) and of the held-out objective (``objective_ratio``), the speed-up to reach the
@@ -150,7 +180,7 @@ def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform", mod
     (``speedup_flops``: flops.py, F.5, the samplers' extra passes and norms counted; not in
     seconds, which a pack's cells share), medians with the seeds that never reach it censored
     (``analysis.speedup``; the FLOPs from ``model`` and ``batch_size``, by default
-    :func:`model_of` ``ds``);
+    :func:`model_of` ``ds``, and each row's sampler, see :func:`_sampler_label`);
     plus ``reached`` (fraction of seeds that reach it) and ``unbiased`` (whether the sampler's
     estimate of the fixed objective is unbiased). :func:`shown` formats it for a page."""
     from .analysis import mean_estimate, paired_ratio, speedup
@@ -158,14 +188,15 @@ def against_baseline(ds: xr.Dataset, metric: str, baseline: str = "uniform", mod
     base = ds.sel(sampler=baseline)
     steps = ds.checkpoint.values.astype(float)
     model, batch = model_of(ds) if model is None or batch_size is None else (model, int(batch_size))
-    base_flops = run_flops(base, model, batch, baseline)
+    base_flops = run_flops(base, model, batch, _sampler_label(baseline, base, samplers))
     rows = []
     for name in ds.sampler.values:
         cur = ds.sel(sampler=name)
         if not str(cur.cell_id.values):
             continue
         sp = speedup(cur[metric].values, base[metric].values, steps)
-        sp_f = speedup(cur[metric].values, base[metric].values, run_flops(cur, model, batch, str(name)), baseline_steps=base_flops)
+        flops = run_flops(cur, model, batch, _sampler_label(str(name), cur, samplers))
+        sp_f = speedup(cur[metric].values, base[metric].values, flops, baseline_steps=base_flops)
         reached = 1 - sp.censored / sp.n if sp.n else float("nan")
         rows.append({
             "sampler": str(name), "unbiased": bool(cur.unbiased),

@@ -106,7 +106,7 @@ def test_cell_flops_and_wall_clock_per_execution(tmp_path):
     assert report.executions(costs.iloc[:0]).empty
 
 
-def test_speedup_in_training_flops_scales_the_step_speedup_by_the_cost_per_step():
+def test_speedup_in_training_flops_scales_the_step_speedup_by_the_cost_per_step(tmp_path, monkeypatch):
     """Loss c_s (1 - 0.4 r step / T): the schedule reaches the baseline's final value at T / r,
     a step speed-up of r. Training FLOPs are linear in steps, C(s) = k s with k = b (F + B)
     for uniform and k' = k + e (B + N_e) with e extra backward samples per step, so the FLOPs
@@ -122,6 +122,7 @@ def test_speedup_in_training_flops_scales_the_step_speedup_by_the_cost_per_step(
                            "cell_id": ((), "x"), "unbiased": ((), 1.0)}, coords={"member": range(5), "checkpoint": steps.astype(int)})
 
     ds = xr.concat([cell(1.0, 0.0).expand_dims(sampler=["uniform"]), cell(r, e).expand_dims(sampler=["loss_second_moment"])], dim="sampler")
+    ds["cell_id"] = ("sampler", ["u", "l"])
     ds.attrs["fixed"] = json.dumps({"benchmark": "gmm8", "hidden": 32, "depth": 2, "batch_size": b})
     tab = report.against_baseline(ds, "m")
     k = _flops_by_hand(1, b, 0, 0)
@@ -132,3 +133,17 @@ def test_speedup_in_training_flops_scales_the_step_speedup_by_the_cost_per_step(
     same = report.against_baseline(ds, "m", model=MLPConfig(dim=2, hidden=32, depth=2), batch_size=b)
     assert same.loc["loss_second_moment", "speedup_flops"].value == tab.loc["loss_second_moment", "speedup_flops"].value
     assert "speed-up (training FLOPs)" in report.shown(tab, "speed-up").columns
+
+    # a row named by something else than its sampler (chapter 6's "rb_target: var_opt") is charged
+    # its cell's sampler: from the record of its cell, or as the caller says
+    other = ds.assign_coords(sampler=["uniform", "weighting: min_snr"])
+    with pytest.raises(ValueError, match="samplers="):
+        report.against_baseline(other, "m")
+    named = report.against_baseline(other, "m", samplers={"weighting: min_snr": "loss_second_moment"})
+    assert named.loc["weighting: min_snr", "speedup_flops"].value == tab.loc["loss_second_moment", "speedup_flops"].value
+    monkeypatch.setenv("FMSTUDY_RESULTS", str(tmp_path))
+    monkeypatch.setenv("FMSTUDY_PROFILE", "p")
+    (tmp_path / "p" / "cells").mkdir(parents=True)
+    (tmp_path / "p" / "cells" / "l.json").write_text(json.dumps({"params": {"sampler": {"name": "loss_second_moment"}}}))
+    found = report.against_baseline(other, "m")
+    assert found.loc["weighting: min_snr", "speedup_flops"].value == tab.loc["loss_second_moment", "speedup_flops"].value
