@@ -6,8 +6,8 @@ Both run in one run of this script on the same device, benchmark and model size;
 measurement runs in a fresh subprocess, so that its peak memory (CPU: max RSS; GPU: max
 allocated) is its own. Shared machines are noisy, so the configurations are interleaved
 (A B C ... A B C ...) ``--repeats`` times and each is reported as the median with its range
-(min-max) over the repeats; the ratios to the naive loop are ratios of medians, with the
-range of the per-round ratios. ``--baseline-tree DIR`` adds the same engine configurations run
+(min-max) over the repeats; a ratio to the naive loop is the median of the per-round ratios,
+with their range. ``--baseline-tree DIR`` adds the same engine configurations run
 from another copy of the package (e.g. an older commit's ``fmstudy/`` extracted to DIR), to
 measure a change before and after in the same interleaved rounds.
 
