@@ -48,17 +48,17 @@ def results_dir() -> Path:
     return Path(os.environ.get("FMSTUDY_RESULTS", ROOT / "results")) / profile()
 
 
-def load_grid_results(grid: str) -> xr.Dataset | None:
+def load_grid_results(grid: str, collapse: bool = True) -> xr.Dataset | None:
     """The collected cells of sub-grid ``grid`` of the current profile, or None when it was not run.
     A sub-grid that runs each sampler at one rate (a zipped ``sampler+lr`` axis: each at its tuned
     rate) comes without an ``lr`` axis, the rate in ``lr_used``; a learning-rate sweep (several
-    rates per sampler) keeps its ``lr`` axis."""
+    rates per sampler) keeps its ``lr`` axis; so does every grid with ``collapse`` False."""
     try:
         ds = collect(results_dir(), grid)
     except GridError:
         return None
     ids = ds["cell_id"]
-    if "lr" in ids.dims and int((ids != "").sum("lr").max()) <= 1:
+    if collapse and "lr" in ids.dims and int((ids != "").sum("lr").max()) <= 1:
         ds = collapse_rate(ds)
     return ds
 
