@@ -17,6 +17,7 @@ read round by round: a ratio is the median over rounds of the per-round ratio, w
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,7 @@ import pandas as pd
 import xarray as xr
 
 from .flops import training_flops
-from .results import read_netcdf
-from .store import label
+from .store import cell_result, label
 from .tables import model_of, sampler_norms
 
 __all__ = ["cell_costs", "executions", "grid_throughput_table", "median_range", "ok_records"]
@@ -56,14 +56,18 @@ def _cell_flops(rec: dict[str, Any], ds: xr.Dataset) -> float:
 
 
 def cell_costs(results: Path) -> pd.DataFrame:
-    """One row per finished cell of ``results``: its sub-grid (the first it belongs to),
+    """One row per finished cell of ``results`` (``store.cell_result``; a damaged one is left
+    out with a warning naming it): its sub-grid (the first it belongs to),
     benchmark, sampler, ``members`` (seeds), ``steps``, ``batch``, ``flops_per_member`` (training
     FLOPs per member, F.5) and ``flops`` (times the members), the samplers' extra forward and
     backward samples per training sample, and ``execution`` (its pack's cells joined by '+', or
     its own id) with ``execution_cells``."""
     rows = []
     for rec in ok_records(results):
-        ds = read_netcdf(Path(results) / "cells" / f"{rec['id']}.nc")
+        ds, why = cell_result(Path(results), rec)
+        if ds is None:  # as collect does: a damaged cell is named and left out
+            warnings.warn(f"cell {rec.get('id')} is left out of the costs: {why}", stacklevel=2)
+            continue
         members, seen = ds.sizes["member"], max(float(ds.samples_seen.values[-1]), 1.0)
         per_member = _cell_flops(rec, ds)
         pack = sorted(rec.get("pack") or [rec["id"]])
