@@ -11,6 +11,8 @@ results folder (``SHIPPED``, mirrored by ``.gitignore``): the cells' netCDF file
   :func:`fmstudy.store.is_finished` counts them finished without their pages;
 - :func:`write_provenance` records what produced the results (commit, versions, device, date,
   command) in ``PROVENANCE.json``;
+- :func:`unfinished` lists the cells of a grid file that a fresh clone would recompute (none,
+  for results ready to ship);
 - :func:`write_cells_page` writes ``<pages>/cells.md``, the book's table of the cells'
   records, which :func:`fmstudy.report.run_link` links to where a page is absent.
 
@@ -35,10 +37,10 @@ import numpy as np
 
 from . import __version__
 from .results import atomic_write, read_netcdf, write_netcdf
-from .store import cell_result, label, record_path, write_json
+from .store import cell_result, is_finished, label, record_path, write_json
 
-__all__ = ["SHIPPED", "CELLS_PAGE", "compact", "mark_shipped", "same_bits", "shipped_files", "shipped_size", "write_cells_page",
-           "write_provenance"]
+__all__ = ["SHIPPED", "CELLS_PAGE", "compact", "mark_shipped", "same_bits", "shipped_files", "shipped_size", "unfinished",
+           "write_cells_page", "write_provenance"]
 
 # glob patterns, relative to a results folder, of what is committed (.gitignore says the same);
 # cell ids are 16 hex digits, so hidden temporaries (".<id>...") never match
@@ -136,6 +138,16 @@ def mark_shipped(results: str | os.PathLike) -> int:
             write_json(record_path(results, rec["id"]), {**rec, "page_shipped": False})
         n += 1
     return n
+
+
+def unfinished(grid_file: str | os.PathLike, results: str | os.PathLike) -> list[str]:
+    """The ids of the cells of ``grid_file`` that are not finished in ``results`` without their
+    pages: what ``fmstudy grid`` would recompute on a fresh clone (none when the results
+    shipped match the grid file committed with them)."""
+    from .gridfile import load_grid
+
+    grid = load_grid(grid_file, results=results)
+    return [c.id for c in grid.cells if not is_finished(Path(results), c.id, Path(os.devnull) / "no-pages")]
 
 
 def shipped_files(results: str | os.PathLike) -> list[Path]:
@@ -277,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--command", required=True, help="the command that produced the results")
     p.add_argument("--code", action="append", help="the checkout that produced them (repeatable; default this one)")
     p.add_argument("--note", default="")
+    p.add_argument("--grid", help="the grid file shipped with them: say which of its cells a fresh clone would recompute")
     p = sub.add_parser("page", help="write PAGES/cells.md when cells have no page")
     p.add_argument("results")
     p.add_argument("pages")
@@ -293,6 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         prov = write_provenance(args.results, args.command, args.code, args.note)
         print("provenance:", [c["commit"][:12] for c in prov["produced_by"]], prov["devices"], prov["date"])
         print("shipped:", shipped_size(args.results, git=True))
+        if args.grid:
+            todo = unfinished(args.grid, args.results)
+            print(f"{args.grid}: {len(todo)} cells a fresh clone would recompute" + (f": {', '.join(todo[:10])}" if todo else ""))
+            return 1 if todo else 0
     elif args.what == "page":
         page = write_cells_page(args.results, args.pages)
         print(f"cells page: {page}" if page else "every finished cell has its page: no cells page")

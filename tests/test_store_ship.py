@@ -218,3 +218,20 @@ def test_make_book_builds_the_paper_profile_by_default():
     assert "'smoke', 'quick', 'full', 'paper'" in dry
     quick = subprocess.run(["make", "-n", "-C", str(ROOT), "book", "PROFILE=quick"], capture_output=True, text=True).stdout
     assert "grid papermill_params/quick.yaml" in quick and "throughput.py --steps 100 --members 32" in quick
+
+
+def test_unfinished_names_the_cells_a_fresh_clone_would_recompute(tmp_path):
+    import yaml
+
+    from fmstudy.gridfile import load_grid
+
+    res = tmp_path / "results"
+    spec = {"notebook": str(ROOT / "tests" / "data" / "tiny_cell.ipynb"), "results": str(res), "pages": str(tmp_path / "pages"),
+            "axes": {"sigma": [0.0, 1.0, 2.0]}}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(spec))
+    ids = [c.id for c in load_grid(tmp_path / "g.yaml").cells]
+    for cid in ids[:2]:
+        write_cell(res, cid)
+    assert ship.unfinished(tmp_path / "g.yaml", res) == ids  # with records and results but no pages: all of them
+    ship.mark_shipped(res)
+    assert ship.unfinished(tmp_path / "g.yaml", res) == ids[2:]
