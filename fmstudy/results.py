@@ -218,15 +218,19 @@ COMPRESS_FROM_BYTES = 1024
 
 def compact_encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     """The netCDF encoding that :func:`write_netcdf` uses: zlib (level 6) after a byte shuffle
-    for every numeric variable of ``COMPRESS_FROM_BYTES`` or more, nothing else changed (the
-    dtype stays, so reading gives the same bits). Measured on a quick-profile cell (3 seeds,
-    1,000 steps, 121 variables): 257 KB written plainly, 204 KB so; the rest is HDF5's
-    per-variable metadata, which no encoding removes."""
-    return {
-        str(name): {"zlib": True, "complevel": 6, "shuffle": True}
-        for name, var in ds.variables.items()
-        if var.dtype.kind in "fiu" and var.nbytes >= COMPRESS_FROM_BYTES
-    }
+    for every numeric variable of ``COMPRESS_FROM_BYTES`` or more, and no ``_FillValue``
+    attribute on floating-point variables (a NaN is stored as itself and read back unmasked);
+    the dtype stays, so reading gives the same bits. Measured on a cell of the paper profile
+    (3 seeds, 1,000 steps, 121 variables): 260 KB written plainly, 197 KB so; the rest is
+    HDF5's per-variable metadata, which no encoding removes."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, var in ds.variables.items():
+        enc = {"_FillValue": None} if var.dtype.kind == "f" else {}
+        if var.dtype.kind in "fiu" and var.nbytes >= COMPRESS_FROM_BYTES:
+            enc.update(zlib=True, complevel=6, shuffle=True)
+        if enc:
+            out[str(name)] = enc
+    return out
 
 
 def write_netcdf(ds: xr.Dataset, path: str | os.PathLike) -> Path:
