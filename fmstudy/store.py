@@ -25,7 +25,7 @@ from typing import Any
 from . import __version__
 from .results import atomic_write, read_netcdf
 
-__all__ = ["GridError", "cell_result", "collect", "is_finished", "label", "page_path", "record_path", "write_json"]
+__all__ = ["GridError", "cell_result", "collect", "is_finished", "label", "ok_records", "page_path", "record_path", "write_json"]
 
 
 class GridError(ValueError):
@@ -46,6 +46,19 @@ def label(value: Any) -> Any:
 
 def record_path(results: Path, cid: str) -> Path:
     return results / "cells" / f"{cid}.json"
+
+
+def ok_records(results: Path) -> list[dict[str, Any]]:
+    """The records of the cells whose record says ok (in id order)."""
+    out = []
+    for path in sorted((Path(results) / "cells").glob("[0-9a-f]*.json")):
+        try:
+            rec = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(rec, dict) and rec.get("status") == "ok" and rec.get("id") == path.stem:
+            out.append(rec)
+    return out
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -1,0 +1,126 @@
+"""What shipped results say about themselves (issue 15, item 7): ``PROVENANCE.json`` (the commit,
+versions, device, date and command that produced them) and the book's table of the cells'
+records (``runs/<profile>/cells.md``), where the chapters' run links lead when a cell's page
+was not shipped (:func:`fmstudy.report.run_link`). :mod:`fmstudy.ship` prepares the results.
+"""
+
+from __future__ import annotations
+
+import datetime
+import html
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .results import atomic_write
+from .store import cell_result, label, ok_records, write_json
+
+__all__ = ["CELLS_PAGE", "write_cells_page", "write_provenance"]
+
+CELLS_PAGE = "cells.md"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(folder: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def write_provenance(results: str | os.PathLike, command: str, code: list[str | os.PathLike] | None = None,
+                     note: str = "") -> dict[str, Any]:
+    """Write ``results/PROVENANCE.json``: the commit of each checkout in ``code`` (default this
+    repository) that produced the results, with whether it had uncommitted changes; the
+    ``command``; the fmstudy and torch versions, devices and hosts the cells' files record; the
+    first and last grid runs of ``runs.jsonl``; this machine; the date (UTC). Returns it."""
+    import platform
+
+    import torch
+
+    results = Path(results)
+    commits = []
+    for folder in code or [ROOT]:
+        folder = Path(folder).resolve()
+        sha = _git(folder, "rev-parse", "HEAD")
+        if not sha:
+            raise ValueError(f"code={str(folder)!r} is not allowed: it must be a git checkout (the one that produced the results)")
+        commits.append({"checkout": str(folder), "commit": sha, "subject": _git(folder, "log", "-1", "--format=%s"),
+                        "uncommitted_changes": bool(_git(folder, "status", "--porcelain", "--untracked-files=no"))})
+    seen: dict[str, set[str]] = {"fmstudy_version": set(), "torch_version": set(), "device": set(), "host": set()}
+    recs = ok_records(results)
+    for rec in recs:
+        ds, _ = cell_result(results, {**rec, "page_shipped": False})
+        if ds is not None:
+            for key, values in seen.items():
+                values.add(str(ds.attrs.get(key, "")))
+    runs = []
+    if (results / "runs.jsonl").is_file():
+        runs = [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines() if line.strip()]
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    prov = {
+        "produced_by": commits,
+        "command": command,
+        "note": note,
+        "cells": len(recs),
+        "fmstudy_versions": sorted(seen["fmstudy_version"]),
+        "torch_versions": sorted(seen["torch_version"]),
+        "devices": sorted(seen["device"]),
+        "hosts": sorted(seen["host"]),
+        "grid_runs": {"first": runs[0].get("time") if runs else None, "last": runs[-1].get("time") if runs else None,
+                      "seconds": round(sum(float(r.get("seconds", 0)) for r in runs), 1)},
+        "machine": {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "torch": str(torch.__version__),
+                    "cuda": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]},
+        "fmstudy_version": __version__,
+        "pages_shipped": False,
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    write_json(results / "PROVENANCE.json", prov)
+    return prov
+
+
+def write_cells_page(results: str | os.PathLike, pages: str | os.PathLike) -> Path | None:
+    """Write ``<pages>/cells.md``, a book page with one row per finished cell (anchor
+    ``cell-<id>``: id, sub-grids, parameters that vary, seeds, seconds, pack) and the results'
+    provenance, when some finished cell has no page in ``pages`` (results shipped without
+    them); else remove a stale one. Returns the page's path, or None."""
+    results, pages = Path(results), Path(pages)
+    page = pages / CELLS_PAGE
+    recs = [r for r in ok_records(results) if cell_result(results, {**r, "page_shipped": False})[0] is not None]
+    missing = [r for r in recs if not (pages / f"{r['id']}.ipynb").is_file()]
+    if not missing:
+        page.unlink(missing_ok=True)
+        return None
+    prov_path = results / "PROVENANCE.json"
+    prov = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
+    lines = [f"# The cells of the {results.name} profile", ""]
+    lines += [f"{len(missing)} of the {len(recs)} finished cells in `{results.name}/` have no page here: their results were "
+              "shipped with the repository without the executed notebooks (about 0.5 MB each). Each row is a cell's record "
+              f"(`results/{results.name}/cells/<id>.json`, its numbers in `<id>.nc`); the chapters' run links lead here. "
+              f"`python -m fmstudy grid papermill_params/{results.name}.yaml --force` recomputes them, pages included.", ""]
+    for c in prov.get("produced_by", []):
+        lines.append(f"- produced by commit `{c['commit'][:12]}` ({html.escape(c.get('subject', ''))})"
+                     + (", with uncommitted changes" if c.get("uncommitted_changes") else ""))
+    if prov:
+        lines += [f"- command: `{prov.get('command', '')}`",
+                  f"- fmstudy {', '.join(prov.get('fmstudy_versions', []))}, torch {', '.join(prov.get('torch_versions', []))}, "
+                  f"device {', '.join(prov.get('devices', []))}; grid runs from {prov.get('grid_runs', {}).get('first')} "
+                  f"to {prov.get('grid_runs', {}).get('last')}; written {prov.get('date', '')}"]
+    lines.append("")
+    varying = sorted({k for r in recs for k in r.get("labels", {})})
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in ["cell", "sub-grids", *varying, "seeds", "seconds", "pack"])
+    rows = []
+    for r in sorted(recs, key=lambda r: (r.get("grids", []), json.dumps(r.get("labels", {}), sort_keys=True), r["id"])):
+        seeds = r.get("params", {}).get("seeds", [])
+        cells = [f"<code>{r['id']}</code>", html.escape(", ".join(map(str, r.get("grids", []))))]
+        cells += [html.escape(str(label(r.get("labels", {}).get(k, "")))) for k in varying]
+        cells += [f"{len(seeds)} ({min(seeds)}-{max(seeds)})" if seeds else "", f"{float(r.get('seconds', float('nan'))):.1f}",
+                  str(len(r["pack"])) if isinstance(r.get("pack"), list) else "1"]
+        rows.append(f'<tr id="cell-{r["id"]}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    lines += ["<table>", f"<tr>{head}</tr>", *rows, "</table>", ""]
+    pages.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines)
+    atomic_write(page, lambda tmp: Path(tmp).write_text(text))
+    return page
