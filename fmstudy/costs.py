@@ -26,22 +26,16 @@ import pandas as pd
 import xarray as xr
 
 from .flops import training_flops
-from .store import cell_result, label
+from .store import cell_result, label, ok_records
 from .tables import model_of, sampler_norms
 
-__all__ = ["cell_costs", "executions", "grid_throughput_table", "median_range", "ok_records"]
+__all__ = ["cell_costs", "executions", "grid_throughput_table", "median_range"]
 
 
 def median_range(values: Any) -> tuple[float, float, float]:
     """(median, min, max) of ``values`` (NaN for none)."""
     v = np.asarray(list(values), dtype=float)
     return (float(np.median(v)), float(v.min()), float(v.max())) if v.size else (np.nan, np.nan, np.nan)
-
-
-def ok_records(results: Path) -> list[dict[str, Any]]:
-    """The records of the finished (``ok``) cells in ``results/cells``, in file order."""
-    recs = (json.loads(p.read_text()) for p in sorted((Path(results) / "cells").glob("*.json")))
-    return [r for r in recs if r.get("status") == "ok"]
 
 
 def _cell_flops(rec: dict[str, Any], ds: xr.Dataset) -> float:

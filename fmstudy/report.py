@@ -16,10 +16,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .costs import cell_costs, executions, grid_throughput_table, median_range, ok_records  # the runs' cost, re-exported
+from .costs import cell_costs, executions, grid_throughput_table, median_range  # the runs' cost, re-exported
 from .lr_tuning import collapse_rate
 from .stability import largest_stable_lr, spike_source, stability_table  # the chapters' tables, re-exported
-from .store import GridError, collect, label
+from .store import GridError, collect, label, ok_records
 from .tables import (  # the chapters' tables, re-exported
     LR_RULE,
     as_text,
