@@ -261,8 +261,8 @@ def predicted_vs_measured(table: pd.DataFrame, ax: plt.Axes | None = None, predi
     return ax
 
 
-def divergence_curves(table: pd.DataFrame, ax: plt.Axes | None = None, lr: str = "lr") -> plt.Axes:
-    """The share of seeds that diverged against the learning rate (log), one line per sampler,
+def divergence_curves(table: pd.DataFrame, ax: plt.Axes | None = None, lr: str = "lr", outcome: str = "diverged") -> plt.Axes:
+    """The share of seeds that diverged (or ``outcome``: "failed") against the learning rate (log), one line per sampler,
     with Wilson intervals (analysis A.8): ``stability.stability_table``'s rows with every index
     level but sampler and ``lr`` at one value (select a sigma first). The dotted line is half
     the seeds, where the sweep is to push uniform."""
@@ -273,9 +273,9 @@ def divergence_curves(table: pd.DataFrame, ax: plt.Axes | None = None, lr: str =
     flat = table.reset_index()
     for sampler, rows in flat.groupby("sampler", sort=False):
         rows = rows.sort_values(lr)
-        _errorbar(ax, rows[lr].to_numpy(float), list(rows["diverged"]), fmt="o", color=sampler_color(sampler), ms=4, lw=1.2,
+        _errorbar(ax, rows[lr].to_numpy(float), list(rows[outcome]), fmt="o", color=sampler_color(sampler), ms=4, lw=1.2,
                   ls="--" if sampler_dashes(sampler) else "-", label=str(sampler))
     ax.axhline(0.5, color="0.5", lw=0.8, ls=":")
-    ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="learning rate", ylabel="share of seeds diverged")
+    ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="learning rate", ylabel=f"share of seeds {outcome}")
     ax.legend(frameon=False, fontsize="x-small")
     return ax

@@ -27,10 +27,14 @@ DIVERGED = {
     ("stratified", 1.0): [1, 1, 1, 1],
 }
 SPIKES = {("var_opt", 0.0, 1.0): 4}  # 4 planted spikes on one seed of one cell, unweighted loss
+STUCK = {}  # (sampler, sigma, lr) -> seeds that failed without diverging
 
 
-def _cell(k: int, spikes: int) -> xr.Dataset:
+def _cell(k: int, spikes: int, stuck: int = 0) -> xr.Dataset:
+    """k diverged seeds (the first k), ``stuck`` further seeds whose metric ends above its start."""
     rng = np.random.default_rng(k)
+    metric = np.tile(np.linspace(3.0, 0.5, 5), (10, 1))
+    metric[k : k + stuck, -1] = 9.0  # blew up and settled on a plateau: not diverged, but no progress
     smooth = np.exp(-np.linspace(0, 1, N_STEPS))[None, :] * (1 + 0.01 * rng.normal(size=(10, N_STEPS)))
     unweighted = smooth.copy()
     unweighted[3, 80 : 80 + spikes] *= 10
@@ -41,15 +45,16 @@ def _cell(k: int, spikes: int) -> xr.Dataset:
             "train_loss": (("member", "step"), weighted),
             "train_loss_unweighted": (("member", "step"), unweighted),
             "diverged_step": (("member",), np.where(np.arange(10) < k, 60.0, -1.0)),
+            "integrated_excess_ema": (("member", "checkpoint"), metric),
             "cell_id": ((), "c"),
         },
-        coords={"member": np.arange(10), "step": np.arange(N_STEPS)},
+        coords={"member": np.arange(10), "step": np.arange(N_STEPS), "checkpoint": np.arange(5)},
     )
 
 
 def _sweep() -> xr.Dataset:
     parts = [
-        _cell(ks[i], SPIKES.get((s, sg, lr), 0)).expand_dims(sampler=[s], sigma=[sg], lr=[lr])
+        _cell(ks[i], SPIKES.get((s, sg, lr), 0), STUCK.get((s, sg, lr), 0)).expand_dims(sampler=[s], sigma=[sg], lr=[lr])
         for (s, sg), ks in DIVERGED.items()
         for i, lr in enumerate(RATES)
     ]
@@ -104,3 +109,17 @@ def test_divergence_curves_draw_the_wilson_intervals_of_one_sigma():
         ci = stats.binomtest(k, 10).proportion_ci(0.95, method="wilson")
         assert (seg[0][1], seg[1][1]) == pytest.approx((ci.low, ci.high))
     matplotlib.pyplot.close("all")
+
+
+def test_a_seed_that_settles_above_its_start_has_failed_without_diverging(monkeypatch):
+    # var_opt at sigma 1 never diverges; planted: 6 of 10 seeds end above their first checkpoint at 0.6
+    monkeypatch.setitem(STUCK, ("var_opt", 1.0, 0.6), 6)
+    monkeypatch.setitem(STUCK, ("var_opt", 1.0, 0.3), 1)
+    table = stability_table(_sweep())
+    row = table.loc[("var_opt", 1.0, 0.6)]
+    assert row["diverged"].value == 0 and row["failed"].value == 0.6 and row["metric"] == "integrated_excess_ema"
+    assert table.loc[("var_opt", 1.0, 0.3), "failed"].value == 0.1
+    summary = stability_summary(_sweep())
+    assert summary.loc[("var_opt", 1.0), "largest_stable_lr"] == 0.1  # 0.3 already has a failed seed
+    assert summary.loc[("var_opt", 1.0), "max_failed"] == 0.6 and summary.loc[("var_opt", 1.0), "max_diverged"] == 0
+    assert breaking_lr(table)[("var_opt", 1.0)] == 0.6  # half the seeds failed there
