@@ -196,6 +196,9 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
             "unbiased": float(ds.attrs.get("unbiased", np.nan)),
         }
         ds = ds.assign({k: xr.Variable((), v) for k, v in extra.items()})
+        # index-less dimensions whose size differs between cells (a sample's coordinates in d = 8
+        # and d = 32) get an index, so that the outer join pads the smaller ones with NaN
+        ds = ds.assign_coords({d: np.arange(ds.sizes[d]) for d in ("coord",) if d in ds.dims and d not in ds.coords})
         ds.attrs = {}
         parts.append(ds.expand_dims({a: [float(lab[a]) if numeric[a] else str(lab[a])] for a in axes}))
     try:

@@ -235,3 +235,26 @@ def test_unfinished_names_the_cells_a_fresh_clone_would_recompute(tmp_path):
     assert ship.unfinished(tmp_path / "g.yaml", res) == ids  # with records and results but no pages: all of them
     ship.mark_shipped(res)
     assert ship.unfinished(tmp_path / "g.yaml", res) == ids[2:]
+
+
+def test_collect_pads_cells_whose_samples_have_other_dimensions(tmp_path):
+    """gmm-d in d = 8 and d = 32 in one sub-grid: the cells' samples differ in their coordinate
+    dimension; collect pads the smaller with NaN instead of refusing the sub-grid."""
+    from fmstudy.store import collect
+
+    res = tmp_path / "results"
+    for cid, dim, sampler in ((IDS[0], 2, "uniform"), (IDS[1], 5, "var_opt")):
+        write_cell(res, cid)
+        path = res / "cells" / f"{cid}.nc"
+        ds = read_netcdf(path).load()
+        ds["samples"] = (("member", "sample", "coord"), np.full((3, 4, dim), float(dim)))
+        path.unlink()
+        old_write(ds, path)
+        rec = json.loads((res / "cells" / f"{cid}.json").read_text())
+        rec.update(params={"seeds": [0, 1, 2], "sampler": {"name": sampler}}, labels={"sampler": sampler}, page_shipped=False)
+        (res / "cells" / f"{cid}.json").write_text(json.dumps(rec))
+    merged = collect(res, "g")
+    assert merged.sizes["coord"] == 5
+    small = merged["samples"].sel(sampler="uniform").values
+    assert (small[..., :2] == 2.0).all() and np.isnan(small[..., 2:]).all()
+    assert (merged["samples"].sel(sampler="var_opt").values == 5.0).all()
