@@ -27,7 +27,7 @@ import xarray as xr
 from .store import label
 from .tables import _cells, select_lr
 
-__all__ = ["CONTEXT", "cell_param", "check_tuned", "collapse_rate", "same_family", "tuned_rates"]
+__all__ = ["CONTEXT", "cell_param", "check_tuned", "collapse_rate", "rule_cost", "same_family", "tuned_rates"]
 
 # What a tuned rate belongs to besides the tuning grid's own axes: the problem it was tuned on.
 # Not sigma nor the budget (steps, warm-up): the rate is reused across those by design.
@@ -164,3 +164,30 @@ def collapse_rate(ds: xr.Dataset) -> xr.Dataset:
     out = out.drop_vars("lr").assign(lr_used=used.drop_vars("lr", errors="ignore"))
     out["cell_id"] = out["cell_id"].where(count == 1, "")
     return out
+
+
+def rule_cost(tune_ds: xr.Dataset, judge: str = "integrated_excess_ema", metric: str = "heldout_objective_ema") -> pd.DataFrame:
+    """What ranking rates by ``metric`` (the rule's) costs on ``judge`` (e.g. the exact
+    integrated excess on an oracle benchmark), per group of the tuning grid's other axes:
+
+        cost = mean_s judge_s(lr_rule) / min_{lr eligible} mean_s judge_s(lr)                 (L.2)
+
+    with ``lr_rule`` the rule's choice (L.1) and ``lr_best`` the argmin; 1 when the rule chose
+    the judge's best rate. Columns ``lr_rule``, ``lr_best``, ``judge_rule``, ``judge_best``, ``cost``."""
+    _, by_rule = select_lr(tune_ds, metric)
+    _, by_judge = select_lr(tune_ds, judge)
+    others = [n for n in by_rule.index.names if n != "lr"]
+    rows = []
+    for keys, group in by_judge.reset_index().groupby(others, sort=False):
+        keys = keys if isinstance(keys, tuple) else (keys,)
+        rule = by_rule.reset_index()
+        rule = rule[(rule[others] == pd.Series(dict(zip(others, keys)))).all(axis=1) & rule["chosen"]]
+        if not len(rule):
+            continue
+        lr_rule = float(rule["lr"].iloc[0])
+        ok = group[group["eligible"]]
+        best = ok.loc[ok["mean"].idxmin()]
+        at_rule = float(group.loc[np.isclose(group["lr"], lr_rule), "mean"].iloc[0])
+        rows.append({**dict(zip(others, keys)), "lr_rule": lr_rule, "lr_best": float(best["lr"]), "judge_rule": at_rule,
+                     "judge_best": float(best["mean"]), "cost": at_rule / float(best["mean"])})
+    return pd.DataFrame(rows).set_index(others)

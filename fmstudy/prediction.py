@@ -59,7 +59,8 @@ def predicted_vs_measured(
     ``sampler``, ``lr``; predicted ``gain`` r, ``draws``, ``B_noise / B``, ``predicted`` S(r),
     ``ceiling`` R and ``predicted_R`` S(R) (4.6, metric ``account``); measured
     ``speedup_steps`` (A.7) and ``ratio`` (A.2) on ``metric`` (default per setting: the
-    integrated excess where there is an oracle, else the held-out objective), ``n`` seeds."""
+    integrated excess where there is an oracle, else the held-out objective), ``n`` seeds;
+    ``cell_id``, the sampler's cell: a cell that several datasets hold is one row, the first."""
     items = datasets.items() if isinstance(datasets, Mapping) else enumerate(datasets)
     rows = []
     for name, ds in items:
@@ -78,12 +79,15 @@ def predicted_vs_measured(
                     except KeyError:
                         setting[key] = np.nan
                 rows.append({
-                    **setting, "dataset": name, "sampler": sampler, "lr": c.get("lr", np.nan), "metric": m,
+                    **setting, "dataset": name, "sampler": sampler, "cell_id": str(group["cell_id"].sel(sampler=sampler).values),
+                    "lr": c.get("lr", np.nan), "metric": m,
                     "gain": g["gain V(U)/V(q)"], "draws": g["draws"], "B_noise / B": g["B_noise / B"],
                     "predicted": g["predicted speed-up"], "ceiling": g["ceiling R"], "predicted_R": g["predicted speed-up of R"],
                     "speedup_steps": c["speedup_steps"], "ratio": c["ratio"], "n": c["n"],
                 })
-    return pd.DataFrame(rows)
+    # a cell that two datasets share (compare's sigma = 1 cells are also the sigma sweep's and the
+    # budget sweep's 1,000-step cells) is one point, counted where it first appears
+    return pd.DataFrame(rows).drop_duplicates("cell_id", ignore_index=True) if rows else pd.DataFrame(rows)
 
 
 def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:

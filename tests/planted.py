@@ -56,7 +56,11 @@ def grid(cells: dict[tuple, xr.Dataset], axes: list[str], fixed: dict | None = N
     """Cells keyed by their labels (in the order of ``axes``) merged as ``store.collect`` does:
     outer join (a shorter budget's checkpoints padded with NaN), an empty ``cell_id`` where a
     combination was not run, the common parameters as the attribute ``fixed``."""
-    parts = [c.expand_dims({a: [v] for a, v in zip(axes, key)}) for key, c in cells.items()]
+    # each cell its own id, as collect gives (the labels stand in for the hash)
+    def named(c, key):
+        return c.assign(cell_id=((), "|".join(map(str, key)) if str(c["cell_id"].values) else ""))
+
+    parts = [named(c, key).expand_dims({a: [v] for a, v in zip(axes, key)}) for key, c in cells.items()]
     ds = xr.merge(parts, join="outer", compat="no_conflicts")
     ds["cell_id"] = ds["cell_id"].fillna("").astype(str)
     ds.attrs["fixed"] = json.dumps(FIXED if fixed is None else fixed)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from fmstudy.lr_tuning import check_tuned, collapse_rate, same_family, tuned_rates
+from fmstudy.lr_tuning import check_tuned, collapse_rate, rule_cost, same_family, tuned_rates
 
 SEEDS = np.arange(10)
 STEPS = np.array([0, 500, 1000])
@@ -159,3 +159,23 @@ def test_a_rate_is_the_rule_only_for_the_problem_it_was_tuned_on():
     assert len(bad) == 4 and (bad["batch_size"] == 64).all() and (bad["why"] == "no tuned rate for this cell").all()
     rb = ev.assign_attrs(fixed=json.dumps({"benchmark": "gmm8", "hidden": None, "target": "rb", "lr": 0.01}))
     assert len(check_tuned(rb, table)) == 8
+
+
+def test_rule_cost_is_the_judges_value_at_the_rules_rate_over_its_best():
+    # the exact metric (planted): uniform's best is 0.003 (0.2) while the rule picks 0.01 (0.3 there): cost 1.5;
+    # var_opt's best is the rule's 0.01: cost 1; arcsine's exact best 0.03 diverged a seed: not eligible
+    judge = {"uniform": {0.003: 0.2, 0.01: 0.3, 0.03: 0.5}, "arcsine": {0.003: 0.9, 0.01: 0.6, 0.03: 0.1},
+             "var_opt": {0.003: 0.8, 0.01: 0.4, 0.03: 0.5}, "loss_second_moment": {0.003: 1.0, 0.01: 1.0, 0.03: 1.0}}
+    cells = {}
+    for s in LEVELS:
+        for lr in RATES:
+            c = _cell(LEVELS[s][lr], DIVERGED.get((s, lr), 0))
+            exact = np.stack([np.full(10, 2.0), np.full(10, 1.0), judge[s][lr] + NOISE], axis=1)
+            cells[(s, lr)] = c.assign(integrated_excess_ema=(("member", "checkpoint"), exact))
+    tune = _grid(cells, {"sampler": list(LEVELS), "lr": RATES}, {"benchmark": "gmm8"})
+    cost = rule_cost(tune).droplevel("benchmark") if "benchmark" in rule_cost(tune).index.names else rule_cost(tune)
+    assert "loss_second_moment" not in cost.index  # the rule chose nothing there
+    assert cost.loc["uniform", "lr_rule"] == 0.01 and cost.loc["uniform", "lr_best"] == 0.003
+    assert cost.loc["uniform", "cost"] == pytest.approx(0.3 / 0.2)
+    assert cost.loc["var_opt", "cost"] == pytest.approx(1.0) and cost.loc["var_opt", "lr_best"] == 0.01
+    assert cost.loc["arcsine", "lr_best"] == 0.01 and cost.loc["arcsine", "cost"] == pytest.approx(1.0)

@@ -65,6 +65,12 @@ def test_predicted_and_measured_from_the_planted_account_and_curves():
     assert budget["predicted"] == pytest.approx(S(2.0)) and budget["speedup_steps"].value == pytest.approx(1.5)
 
 
+def test_a_cell_two_datasets_share_is_one_point():
+    sigma = _sigma_grid()
+    again = predicted_vs_measured({"sigma": sigma, "compare": sigma.sel(sigma=[1.0])})  # the sigma = 1 cells twice
+    assert len(again) == 3 * 2 and set(again["dataset"]) == {"sigma"} and again["cell_id"].is_unique
+
+
 def test_correlation_over_points_against_scipy_and_a_direct_bootstrap():
     table = predicted_vs_measured([_sigma_grid(), _budget_grid()])
     got = prediction_correlation(table, n_boot=500, seed=3)
