@@ -21,6 +21,7 @@ four and prints the sizes; ``python -m fmstudy.ship page RESULTS PAGES`` the tab
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -120,6 +121,28 @@ def mark_shipped(results: str | os.PathLike) -> int:
     return n
 
 
+def regroup(grid_file: str | os.PathLike, results: str | os.PathLike) -> int:
+    """Give every finished cell's record the sub-grids, axes and labels of ``grid_file`` as it is
+    now (atomically): a cell that a sub-grid added later also holds (the budget sweep's 1,000-step
+    cells are the comparison's) ran under an older file and its record names only the sub-grids
+    of that file, so ``collect`` would leave it out of the new ones. Returns the records changed."""
+    from .gridfile import load_grid
+
+    results = Path(results)
+    grid = load_grid(grid_file, results=results)
+    n = 0
+    for cell in grid.cells:
+        path = record_path(results, cell.id)
+        if not path.is_file():
+            continue
+        rec = json.loads(path.read_text())
+        new = {"grids": list(cell.grids), "grid_axes": {g: grid.grid_axes[g] for g in cell.grids}, "labels": dict(cell.labels)}
+        if any(rec.get(k) != v for k, v in new.items()):
+            write_json(path, {**rec, **new})
+            n += 1
+    return n
+
+
 def unfinished(grid_file: str | os.PathLike, results: str | os.PathLike) -> list[str]:
     """The ids of the cells of ``grid_file`` that are not finished in ``results`` without their
     pages: what ``fmstudy grid`` would recompute on a fresh clone (none when the results
@@ -162,12 +185,13 @@ def shipped_size(results: str | os.PathLike, git: bool = False) -> dict[str, int
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fmstudy.ship", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="what", required=True)
-    p = sub.add_parser("prepare", help="compact, mark records, write PROVENANCE.json, print sizes")
+    p = sub.add_parser("prepare", help="(compact,) regroup and mark records, write PROVENANCE.json, print sizes")
     p.add_argument("results")
     p.add_argument("--command", required=True, help="the command that produced the results")
     p.add_argument("--code", action="append", help="the checkout that produced them (repeatable; default this one)")
     p.add_argument("--note", default="")
-    p.add_argument("--grid", help="the grid file shipped with them: say which of its cells a fresh clone would recompute")
+    p.add_argument("--grid", help="the grid file shipped with them: regroup the records by it, say which of its cells a fresh clone would recompute")
+    p.add_argument("--compact", action="store_true", help="rewrite the netCDF files compactly first (slow: minutes per hundred cells)")
     p = sub.add_parser("page", help="write PAGES/cells.md when cells have no page")
     p.add_argument("results")
     p.add_argument("pages")
@@ -179,7 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"python -m fmstudy.ship: results={args.results!r} is not allowed: it must be a results folder (with cells/)", file=sys.stderr)
         return 2
     if args.what == "prepare":
-        print("compact:", compact(args.results))
+        if args.compact:
+            print("compact:", compact(args.results))
+        if args.grid:
+            print("records regrouped by the grid file:", regroup(args.grid, args.results))
         print("records marked as shipped without pages:", mark_shipped(args.results))
         prov = write_provenance(args.results, args.command, args.code, args.note)
         print("provenance:", [c["commit"][:12] for c in prov["produced_by"]], prov["devices"], prov["date"])

@@ -258,3 +258,29 @@ def test_collect_pads_cells_whose_samples_have_other_dimensions(tmp_path):
     small = merged["samples"].sel(sampler="uniform").values
     assert (small[..., :2] == 2.0).all() and np.isnan(small[..., 2:]).all()
     assert (merged["samples"].sel(sampler="var_opt").values == 5.0).all()
+
+
+def test_regroup_gives_old_records_the_sub_grids_a_later_file_adds(tmp_path):
+    """A cell run under a file with sub-grid 'a' is also sub-grid 'b''s once 'b' is added (the
+    same parameters, the same id): regroup writes 'b' into its record, so collect('b') finds it."""
+    import yaml
+
+    from fmstudy.gridfile import load_grid
+
+    tiny = ROOT / "tests" / "data" / "tiny_cell.ipynb"
+    spec = {"notebook": str(tiny), "results": str(tmp_path / "results"), "grids": [{"name": "a", "axes": {"sigma": [0.0, 1.0]}}]}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(spec))
+    old = load_grid(tmp_path / "g.yaml")
+    res = tmp_path / "results"
+    for cell in old.cells:
+        write_cell(res, cell.id)
+        rec = json.loads((res / "cells" / f"{cell.id}.json").read_text())
+        rec.update(grids=list(cell.grids), grid_axes={"a": ["sigma"]}, labels=dict(cell.labels))
+        (res / "cells" / f"{cell.id}.json").write_text(json.dumps(rec))
+    spec["grids"].append({"name": "b", "fixed": {"sigma": 1.0}, "axes": {"lr": [0.001, 0.01]}})  # 0.001 is the default: shared
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(spec))
+    assert ship.regroup(tmp_path / "g.yaml", res) == 2  # both records gain the axis lr in their labels; one gains 'b'
+    shared = next(c for c in load_grid(tmp_path / "g.yaml").cells if len(c.grids) == 2)
+    rec = json.loads((res / "cells" / f"{shared.id}.json").read_text())
+    assert rec["grids"] == ["a", "b"] and rec["grid_axes"] == {"a": ["sigma"], "b": ["lr"]} and rec["status"] == "ok"
+    assert ship.regroup(tmp_path / "g.yaml", res) == 0  # idempotent
