@@ -36,11 +36,16 @@ LAST_STEPS = 50  # the training losses compared: the last steps, where a drift w
 
 
 def cheapest_cell(results: Path) -> dict | None:
-    """The record of the finished CPU-run cell with the fewest steps x batch (ties: by id)."""
+    """The record of the finished cell with the fewest steps x batch (ties: by id) among those run
+    at a learning rate no seed diverged at and outside a stability sweep (whose rates are pushed
+    to divergence: a chaotic trajectory would not reproduce to float32 rounding on another
+    machine's summation order)."""
     best = None
     for path in sorted((results / "cells").glob("[0-9a-f]*.json")):
         rec = json.loads(path.read_text())
         if rec.get("status") != "ok" or not (results / "cells" / f"{rec['id']}.nc").is_file():
+            continue
+        if "stability" in rec.get("grids", []) or rec["params"].get("lr", 0) > 0.03:
             continue
         p = rec["params"]
         cost = p["steps"] * p["batch_size"]
