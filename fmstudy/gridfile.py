@@ -265,7 +265,12 @@ def load_grid(file: str | os.PathLike, results: str | os.PathLike | None = None,
         if not axes:
             raise GridError(f"{file}: {prefix}axes: empty: give at least one parameter with a list of values")
         lists = []
+        named: list[str] = []
         for k, values in axes.items():
+            twice = [n for n in str(k).split("+") if n in named]
+            if twice:  # the later axis would silently overwrite the earlier one's values
+                raise GridError(f"{file}: {prefix}axes.{k}: {twice[0]!r} is set by two axes of this sub-grid, which is not allowed: name it in one")
+            named += str(k).split("+")
             if "+" in k:  # a zipped axis: its values set several parameters together
                 lists.append((k, _zipped(f"{prefix}axes.{k}", k, values, check_param)))
                 axis_names.extend(n for n in k.split("+") if n not in axis_names)

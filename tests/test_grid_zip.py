@@ -33,6 +33,8 @@ def test_a_zipped_axis_sets_its_parameters_together_and_crosses_the_others(tmp_p
     ({"sampler+": [["uniform", 1]]}, "names distinct parameters"),
     ({"sampler+lr": [["uniform", "fast"]]}, "lr"),
     ({"sampler+bogus": [["uniform", 1]]}, "unknown parameter"),
+    ({"lr": [0.01, 0.1], "sampler+lr": [["uniform", 0.03]]}, "'lr' is set by two axes"),
+    ({"sampler+lr": [["uniform", 0.03]], "lr+sigma": [[0.1, 1.0]]}, "'lr' is set by two axes"),
 ])
 def test_a_bad_zipped_axis_is_refused_in_one_line(tmp_path, axes, needle):
     with pytest.raises(GridError) as err:
