@@ -283,6 +283,7 @@ def run_grid(
     log = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "grid_file": str(grid.file), "executor": executor, "jobs": jobs,
            "cells": len(grid.cells), "pack_size": size, "packs": len(packs), "ran": summary.ran, "skipped": summary.skipped, "failed": len(summary.failed),
            "claimed": summary.claimed, "seconds": round(summary.seconds, 1), "host": os.uname().nodename, "cpus": os.cpu_count()}
-    with open(grid.results / "runs.jsonl", "a") as out:  # the book quotes how long a profile took
-        out.write(json.dumps(log) + "\n")
+    if summary.ran or summary.failed:  # the book quotes how long a profile took; a run that only checked
+        with open(grid.results / "runs.jsonl", "a") as out:  # finished cells leaves shipped results untouched
+            out.write(json.dumps(log) + "\n")
     return summary

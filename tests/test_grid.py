@@ -489,3 +489,13 @@ def test_a_full_disk_gives_one_line(tmp_path):
             assert proc.stderr.count("\n") == 1 and "No space left on device" in proc.stderr
     finally:
         subprocess.run(["umount", str(full)], check=False)
+
+
+def test_a_run_that_only_finds_finished_cells_leaves_the_run_log_unchanged(tmp_path):
+    """`make book` on shipped results runs the grid to check it: nothing ran, so the committed
+    runs.jsonl must not grow (a fresh clone stays clean)."""
+    grid = load_grid(write_grid(tmp_path, {"axes": {"sigma": [0.0]}, "fixed": {"steps": 3}}))
+    assert run_grid(grid, progress=False).ran == 1
+    before = (grid.results / "runs.jsonl").read_text()
+    assert run_grid(grid, progress=False).ran == 0
+    assert (grid.results / "runs.jsonl").read_text() == before and len(before.splitlines()) == 1
