@@ -418,7 +418,7 @@ def test_kernels_do_not_print_the_tcp_warning(tmp_path, capfd):
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_ctrl_c_leaves_no_traceback_no_failed_page_and_resumes(tmp_path, jobs):
     """Ctrl-C in a terminal reaches the whole process group: the runner and, with --jobs, its workers."""
-    path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0, 2.0]}, "fixed": {"sleep": 3.0}})
+    path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0, 2.0]}, "fixed": {"sleep": 6.0}})  # long enough to be interrupted on a busy machine
     proc = subprocess.Popen([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet", "--jobs", str(jobs)], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     cells = tmp_path / "results" / "cells"
