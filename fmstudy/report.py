@@ -32,7 +32,7 @@ from .tables import (  # the chapters' tables, re-exported
 
 __all__ = [
     "LR_RULE", "against_baseline", "as_text", "at_chosen_lr", "cell_costs", "comparison_table", "convergence_metric", "executions",
-    "final", "glue_number", "grid_throughput_table", "largest_stable_lr", "load_grid_results", "median_range", "model_of", "ok_records",
+    "final", "glue_number", "grid_throughput_table", "largest_stable_lr", "load_grid_results", "median_range", "one_rate", "model_of", "ok_records",
     "profile", "results_dir", "run_flops", "run_link", "run_links_table", "samplers_of", "select_benchmark", "select_lr", "shown",
     "spike_source", "stability_table", "throughput_table", "tidy_curves",
 ]
@@ -57,10 +57,14 @@ def load_grid_results(grid: str, collapse: bool = True) -> xr.Dataset | None:
         ds = collect(results_dir(), grid)
     except GridError:
         return None
+    return one_rate(ds) if collapse else ds
+
+
+def one_rate(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` without its ``lr`` axis where each sampler ran at one rate (``lr_tuning.collapse_rate``),
+    else unchanged: what :func:`load_grid_results` returns, for results already loaded with ``collapse=False``."""
     ids = ds["cell_id"]
-    if collapse and "lr" in ids.dims and int((ids != "").sum("lr").max()) <= 1:
-        ds = collapse_rate(ds)
-    return ds
+    return collapse_rate(ds) if "lr" in ids.dims and int((ids != "").sum("lr").max()) <= 1 else ds
 
 
 def final(ds: xr.Dataset, var: str) -> xr.DataArray:

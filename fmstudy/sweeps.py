@@ -26,7 +26,7 @@ from .analysis import holm
 from .lr_tuning import collapse_rate
 from .tables import comparison_table, model_of
 
-__all__ = ["budget_table", "comparison_groups", "convergence_of", "sigma_table", "sweep_table"]
+__all__ = ["budget_table", "comparison_groups", "convergence_of", "holm_counts", "sigma_table", "sweep_table"]
 
 
 def convergence_of(ds: xr.Dataset) -> str:
@@ -92,3 +92,13 @@ def budget_table(ds: xr.Dataset, **options) -> pd.DataFrame:
 def sigma_table(ds: xr.Dataset, **options) -> pd.DataFrame:
     """:func:`sweep_table` over the bridge's diffusion level ``sigma``."""
     return sweep_table(ds, "sigma", **options)
+
+
+def holm_counts(table: pd.DataFrame) -> tuple[int, int, int]:
+    """(better, worse, compared) among the unbiased rows of a comparison table: ratio below or
+    above 1 with ``p_holm`` (else ``p``) under 0.05, i.e. at family-wise level 5% over the table."""
+    t = table[table["unbiased"].astype(bool)] if "unbiased" in table else table
+    p = t["p_holm"] if "p_holm" in t else t["p"]
+    better = int(((p < 0.05) & t["ratio"].map(lambda e: e.value < 1)).sum())
+    worse = int(((p < 0.05) & t["ratio"].map(lambda e: e.value > 1)).sum())
+    return better, worse, len(t)

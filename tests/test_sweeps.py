@@ -5,6 +5,7 @@ the tuned rate beside every row."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from planted import SPREAD, C, grid
 from planted import cell as planted_cell
@@ -93,3 +94,16 @@ def test_the_held_out_objective_ranks_where_there_is_no_oracle():
     ds["integrated_excess_ema"] = ds["integrated_excess_ema"] * np.nan
     (labels, group, metric), = comparison_groups(ds)
     assert metric == "heldout_objective_ema" and labels == {}
+
+
+def test_holm_counts_count_only_unbiased_rows_significant_after_holm():
+    from fmstudy.analysis import Estimate
+    from fmstudy.sweeps import holm_counts
+
+    def e(v):
+        return Estimate(v, v, v, 10, 0.95)
+
+    t = pd.DataFrame({"ratio": [e(0.8), e(1.2), e(0.9), e(0.7)], "p": [0.001, 0.001, 0.001, 0.001],
+                      "p_holm": [0.01, 0.04, 0.2, 0.01], "unbiased": [True, True, True, False]})
+    assert holm_counts(t) == (1, 1, 3)  # the fourth keeps no objective; the third is not significant after Holm
+    assert holm_counts(t.drop(columns=["p_holm", "unbiased"])) == (3, 1, 4)  # without Holm: the raw p
