@@ -419,7 +419,8 @@ def test_kernels_do_not_print_the_tcp_warning(tmp_path, capfd):
 def test_ctrl_c_leaves_no_traceback_no_failed_page_and_resumes(tmp_path, jobs):
     """Ctrl-C in a terminal reaches the whole process group: the runner and, with --jobs, its workers."""
     path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0, 2.0]}, "fixed": {"sleep": 6.0}})  # long enough to be interrupted on a busy machine
-    proc = subprocess.Popen([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet", "--jobs", str(jobs)], cwd=ROOT,
+    # one execution per cell: with packing (the default) the first record appears only when the whole pack is done
+    proc = subprocess.Popen([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet", "--jobs", str(jobs), "--pack-size", "1"], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     cells = tmp_path / "results" / "cells"
     deadline = time.time() + 120
