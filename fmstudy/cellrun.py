@@ -23,6 +23,7 @@ from typing import Any
 
 from . import __version__
 from .gridfile import Cell, Grid
+from .provenance import code_state, file_sha256
 from .results import atomic_write
 from .store import is_finished, record_path, write_json
 
@@ -85,6 +86,9 @@ def base_record(grid: Grid, cell: Cell) -> dict[str, Any]:
         "grids": list(cell.grids), "grid_axes": {g: grid.grid_axes[g] for g in cell.grids},
         # relative to the results folder, so a moved checkout still finds it (fmstudy.store)
         "page": os.path.relpath(page, grid.results), "fmstudy_version": __version__, "host": os.uname().nodename,
+        # what produced it: the code's commit and the grid file's bytes (a grid file edited
+        # between stages of a study, or a checkout with local changes, shows here)
+        "code": code_state(), "grid_file_sha256": file_sha256(grid.file),
     }
 
 

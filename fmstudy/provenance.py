@@ -7,6 +7,8 @@ was not shipped (:func:`fmstudy.report.run_link`). :mod:`fmstudy.ship` prepares 
 from __future__ import annotations
 
 import datetime
+import functools
+import hashlib
 import html
 import json
 import os
@@ -20,7 +22,7 @@ from . import __version__
 from .results import atomic_write
 from .store import label, ok_records, write_json
 
-__all__ = ["CELLS_PAGE", "write_cells_page", "write_provenance"]
+__all__ = ["CELLS_PAGE", "code_state", "file_sha256", "write_cells_page", "write_provenance"]
 
 CELLS_PAGE = "cells.md"
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,21 @@ ROOT = Path(__file__).resolve().parents[1]
 def _git(folder: Path, *args: str) -> str:
     done = subprocess.run(["git", "-C", str(folder), *args], capture_output=True, text=True)
     return done.stdout.strip() if done.returncode == 0 else ""
+
+
+@functools.lru_cache(maxsize=8)
+def code_state(folder: str | os.PathLike = ROOT) -> dict[str, Any]:
+    """The checkout ``folder`` (default: the one this fmstudy is imported from) as a cell's record
+    stores it: ``commit`` (empty when not a git checkout) and ``uncommitted_changes`` (tracked
+    files only). Cached: a grid run asks once per cell, the answer does not change meanwhile."""
+    folder = Path(folder).resolve()
+    sha = _git(folder, "rev-parse", "HEAD")
+    return {"commit": sha, "uncommitted_changes": bool(sha) and bool(_git(folder, "status", "--porcelain", "--untracked-files=no"))}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file's bytes (a cell's record names the grid file's version by it)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def write_provenance(results: str | os.PathLike, command: str, code: list[str | os.PathLike] | None = None,
@@ -61,6 +78,8 @@ def write_provenance(results: str | os.PathLike, command: str, code: list[str | 
         for key, values in seen.items():
             value = attrs.get(key, "")
             values.add(value.decode() if isinstance(value, bytes) else str(value))
+    # the commits the cells' records name (records written before they carried one name none)
+    record_commits = sorted({str(r.get("code", {}).get("commit", "")) for r in recs} - {""})
     runs = []
     if (results / "runs.jsonl").is_file():
         runs = [json.loads(line) for line in (results / "runs.jsonl").read_text().splitlines() if line.strip()]
@@ -68,6 +87,7 @@ def write_provenance(results: str | os.PathLike, command: str, code: list[str | 
                 if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     prov = {
         "produced_by": commits,
+        "record_commits": record_commits,
         "command": command,
         "note": note,
         "cells": len(recs),

@@ -284,3 +284,22 @@ def test_regroup_gives_old_records_the_sub_grids_a_later_file_adds(tmp_path):
     rec = json.loads((res / "cells" / f"{shared.id}.json").read_text())
     assert rec["grids"] == ["a", "b"] and rec["grid_axes"] == {"a": ["sigma"], "b": ["lr"]} and rec["status"] == "ok"
     assert ship.regroup(tmp_path / "g.yaml", res) == 0  # idempotent
+
+
+def test_a_cells_record_names_the_commit_and_the_grid_files_bytes(tmp_path):
+    if shutil.which("git") is None or shutil.which("sha256sum") is None or not (ROOT / ".git").exists():
+        pytest.skip("needs git and sha256sum")
+    import yaml
+
+    from fmstudy.cellrun import base_record
+    from fmstudy.gridfile import load_grid
+
+    spec = {"notebook": str(ROOT / "tests" / "data" / "tiny_cell.ipynb"), "results": str(tmp_path / "r"), "pages": str(tmp_path / "p"),
+            "axes": {"sigma": [0.0, 1.0]}}
+    (tmp_path / "g.yaml").write_text(yaml.safe_dump(spec))
+    grid = load_grid(tmp_path / "g.yaml")
+    rec = base_record(grid, grid.cells[0])
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    digest = subprocess.run(["sha256sum", str(tmp_path / "g.yaml")], capture_output=True, text=True, check=True).stdout.split()[0]
+    assert rec["code"]["commit"] == head and isinstance(rec["code"]["uncommitted_changes"], bool)
+    assert rec["grid_file_sha256"] == digest and json.loads(json.dumps(rec)) == rec  # a record is plain JSON
