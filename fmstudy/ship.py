@@ -6,7 +6,8 @@ results folder (``SHIPPED``, mirrored by ``.gitignore``): the cells' netCDF file
 0.5 MB each, every cell of a pack a copy of the pack's), nor logs, locks or the floors cache.
 
 - :func:`compact` rewrites finished cells' netCDF files in the compact encoding of
-  :func:`fmstudy.results.write_netcdf`, atomically, each verified bit-equal on reading;
+  :func:`fmstudy.results.write_netcdf`, atomically, each verified on reading: bit-equal, or
+  (``float32``) equal to the cell rounded to float32 (:func:`to_float32`), which says so in the file;
 - :func:`mark_shipped` writes ``"page_shipped": false`` into finished cells' records, so
   :func:`fmstudy.store.is_finished` counts them finished without their pages;
 - :func:`unfinished` lists the cells of a grid file that a fresh clone would recompute (none,
@@ -35,7 +36,7 @@ from .provenance import CELLS_PAGE, write_cells_page, write_provenance
 from .results import read_netcdf, write_netcdf
 from .store import cell_result, is_finished, ok_records, record_path, write_json
 
-__all__ = ["SHIPPED", "CELLS_PAGE", "compact", "mark_shipped", "same_bits", "shipped_files", "shipped_size", "unfinished",
+__all__ = ["SHIPPED", "CELLS_PAGE", "FLOAT32_NOTE", "PRECISION_ATTR", "compact", "to_float32", "mark_shipped", "same_bits", "shipped_files", "shipped_size", "unfinished",
            "write_cells_page", "write_provenance"]
 
 # glob patterns, relative to a results folder, of what is committed (.gitignore says the same);
@@ -70,13 +71,39 @@ def _attrs_key(attrs: dict[str, Any]) -> list[tuple[str, str, bytes]]:
     return [(k, type(v).__name__, np.asarray(v).tobytes() if not isinstance(v, str) else v.encode()) for k, v in attrs.items()]
 
 
-def compact(results: str | os.PathLike) -> dict[str, int]:
+# the global attribute a cell's file carries once its measurements were rounded for shipping
+PRECISION_ATTR = "stored_precision"
+FLOAT32_NOTE = "float32: the float64 measurements rounded to float32 when shipped (fmstudy.ship.compact)"
+
+
+def to_float32(ds: Any) -> Any:
+    """``ds`` with every float64 data variable rounded to float32 (relative error at most
+    2**-24, far below any effect the book reads; coordinates and integers kept) and the global
+    attribute ``PRECISION_ATTR`` saying so. Raises ``ValueError`` naming the variable if a
+    finite value would overflow to infinity."""
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        if var.dtype != np.float64:
+            continue
+        x = var.values
+        with np.errstate(over="ignore"):
+            y = x.astype(np.float32)
+        if np.any(np.isfinite(x) & ~np.isfinite(y)):
+            raise ValueError(f"variable {name!r} has values beyond float32's range (max |x| = {np.nanmax(np.abs(x)):.3g}): it cannot be shipped in float32")
+        out[name] = var.copy(data=y)
+    out.attrs[PRECISION_ATTR] = FLOAT32_NOTE
+    return out
+
+
+def compact(results: str | os.PathLike, float32: bool = False) -> dict[str, int]:
     """Rewrite every finished cell's netCDF file (record ok, file readable with its id) in the
     compact encoding (:func:`fmstudy.results.compact_encoding`): written beside it, read back,
-    compared bit for bit (:func:`same_bits`), then renamed over it; a cell that is running
-    (lock file) is left alone, and so is a file the rewrite would not shrink. Raises
-    ``ValueError`` naming the cell if a rewrite reads differently (the original is kept).
-    Returns counts and bytes before and after."""
+    compared bit for bit (:func:`same_bits`) with what it must hold, then renamed over it; a
+    cell that is running (lock file) is left alone, and so is a file the rewrite would not
+    shrink. With ``float32`` what it must hold is :func:`to_float32` of the cell (halves what
+    shipped results weigh: their float64 noise does not compress). Raises ``ValueError`` naming
+    the cell if a rewrite reads differently (the original is kept). Returns counts and bytes
+    before and after."""
     results = Path(results)
     out = {"cells": 0, "rewritten": 0, "skipped": 0, "bytes_before": 0, "bytes_after": 0}
     for rec in ok_records(results):
@@ -90,6 +117,8 @@ def compact(results: str | os.PathLike) -> dict[str, int]:
         before = path.stat().st_size
         tmp = results / "cells" / f".{cid}.compact.nc"
         try:
+            if float32:
+                ds = to_float32(ds)
             write_netcdf(ds, tmp)
             diff = same_bits(ds, read_netcdf(tmp))
             if diff:
@@ -192,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--note", default="")
     p.add_argument("--grid", help="the grid file shipped with them: regroup the records by it, say which of its cells a fresh clone would recompute")
     p.add_argument("--compact", action="store_true", help="rewrite the netCDF files compactly first (slow: minutes per hundred cells)")
+    p.add_argument("--float32", action="store_true", help="with --compact: round the float64 measurements to float32 (halves the size)")
     p = sub.add_parser("page", help="write PAGES/cells.md when cells have no page")
     p.add_argument("results")
     p.add_argument("pages")
@@ -204,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.what == "prepare":
         if args.compact:
-            print("compact:", compact(args.results))
+            print("compact:", compact(args.results, float32=args.float32))
         if args.grid:
             print("records regrouped by the grid file:", regroup(args.grid, args.results))
         print("records marked as shipped without pages:", mark_shipped(args.results))

@@ -303,3 +303,29 @@ def test_a_cells_record_names_the_commit_and_the_grid_files_bytes(tmp_path):
     digest = subprocess.run(["sha256sum", str(tmp_path / "g.yaml")], capture_output=True, text=True, check=True).stdout.split()[0]
     assert rec["code"]["commit"] == head and isinstance(rec["code"]["uncommitted_changes"], bool)
     assert rec["grid_file_sha256"] == digest and json.loads(json.dumps(rec)) == rec  # a record is plain JSON
+
+
+def test_compact_in_float32_rounds_measurements_only_and_says_so(tmp_path):
+    res = shipped_results(tmp_path)
+    lossless = shutil.copytree(res, tmp_path / "lossless")
+    out = ship.compact(res, float32=True)
+    assert out["rewritten"] == 2 and out["bytes_after"] < 0.9 * ship.compact(lossless)["bytes_after"]  # float64 noise does not compress (the per-step losses, already float32, dominate these test cells)
+    for cid, seed in ((IDS[0], 0), (IDS[1], 1)):
+        want, back = cell_dataset(cid, seed), read_netcdf(res / "cells" / f"{cid}.nc")
+        assert list(back.variables) == list(want.variables) and back.attrs[ship.PRECISION_ATTR] == ship.FLOAT32_NOTE
+        for name, var in want.variables.items():
+            got = back[name]
+            if name in want.data_vars and var.dtype == np.float64:
+                assert got.dtype == np.float32, name
+                # round to nearest: within half a float32 ulp, i.e. relative 2**-24; NaN stays NaN
+                np.testing.assert_allclose(got.values.astype(np.float64), var.values, rtol=2.0**-24, atol=0, equal_nan=True, err_msg=name)
+            else:  # coordinates, integers and float32 losses untouched
+                assert got.dtype == var.dtype, name
+                np.testing.assert_array_equal(got.values, var.values, err_msg=name)
+        assert back["q"].values.astype(np.float64).tobytes() == want["q"].values.tobytes()  # float32-valued: exact
+    again = ship.compact(res, float32=True)
+    assert again["rewritten"] == 0  # idempotent
+    ds = cell_dataset(IDS[0])
+    ds["loss"][0, 0, 1] = 1e39
+    with pytest.raises(ValueError, match="'loss' has values beyond float32's range"):
+        ship.to_float32(ds)
