@@ -17,8 +17,8 @@ The agreement over the points (x_i, y_i) = (predicted, measured):
     Pearson   rho = corr(log x, log y)  (the figure is log-log; a constant factor is ignored)
     Spearman  rho_s = corr(rank x, rank y)                                             (P.1)
 
-each with a percentile bootstrap interval over points (resampling settings, not seeds: the
-points' own measurement errors are not propagated). A sampler slower than uniform has no
+each with a percentile bootstrap interval that resamples settings (clusters of points measured
+against the same uniform runs), not seeds: the points' own measurement errors are not propagated. A sampler slower than uniform has no
 identified median step speed-up (most seeds never reach uniform's final value), so the
 correlation on ``speedup_steps`` is over the faster points only; the one on the final ratio
 (``measured="ratio"``) keeps every point and is the one to quote beside it.
@@ -97,35 +97,60 @@ def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return (xc * yc).sum(1) / np.sqrt((xc**2).sum(1) * (yc**2).sum(1))
 
 
+def _cluster_codes(table: pd.DataFrame, cluster: Sequence[str] | None) -> np.ndarray:
+    """One integer per row: rows with the same values in the ``cluster`` columns share it (NaN
+    equal to NaN); every row its own code when ``cluster`` is None."""
+    if cluster is None:
+        return np.arange(len(table))
+    missing = [c for c in cluster if c not in table.columns]
+    if missing:
+        raise ValueError(f"cluster={list(cluster)!r} is not allowed: columns {missing} are not in the table (it has {list(table.columns)})")
+    keys = [tuple(str(v) for v in row) for row in table[list(cluster)].itertuples(index=False)]
+    return np.unique(np.array(keys, dtype=object).astype(str), return_inverse=True)[1].reshape(-1) if keys else np.zeros(0, int)
+
+
 def prediction_correlation(
-    table: pd.DataFrame, predicted: str = "predicted", measured: str = "speedup_steps", level: float = 0.95, n_boot: int = 4000, seed: int = 0
+    table: pd.DataFrame, predicted: str = "predicted", measured: str = "speedup_steps", level: float = 0.95, n_boot: int = 4000,
+    seed: int = 0, cluster: Sequence[str] | None = _SETTING,
 ) -> dict[str, object]:
     """(P.1) over the rows of :func:`predicted_vs_measured`'s table whose predicted and measured
     values are finite and positive: ``pearson`` and ``spearman`` as Estimates (value, bootstrap
-    interval, p-value of no correlation, n points), ``points`` used and ``left_out`` (e.g.
-    medians hidden by censoring). ``measured="ratio"`` correlates 1 / ratio (a final-metric
-    gain, larger is better, as a speed-up)."""
+    interval, p-value of no correlation, n points), ``points`` used, ``clusters`` and
+    ``left_out`` (e.g. medians hidden by censoring). ``measured="ratio"`` correlates 1 / ratio
+    (a final-metric gain, larger is better, as a speed-up).
+
+    The interval is a cluster bootstrap: the samplers of one setting (``cluster`` columns;
+    default benchmark, its options, sigma and budget) are measured against the same uniform
+    runs, so their points are not independent; whole settings are resampled with replacement,
+    every point of a chosen setting with it. ``cluster=None`` resamples points (each its own
+    cluster). The p-value is scipy's, which assumes independent points."""
     level = check_float("level", level, 0.0, 1.0, lo_open=True, hi_open=True)
     n_boot = check_int("n_boot", n_boot, 100)
     y = table[measured].map(lambda e: e.value).to_numpy(dtype=float)
     y = 1 / y if measured == "ratio" else y
     x = table[predicted].to_numpy(dtype=float)
     ok = np.isfinite(x) & np.isfinite(y) & (x > 0) & (y > 0)
+    codes = _cluster_codes(table, cluster)[ok]
     lx, ly = np.log(x[ok]), np.log(y[ok])
     n = int(ok.sum())
-    out: dict[str, object] = {"points": n, "left_out": int((~ok).sum())}
-    if n < 3 or np.ptp(lx) == 0 or np.ptp(ly) == 0:
+    groups = [np.flatnonzero(codes == c) for c in np.unique(codes)]
+    method = "percentile bootstrap over " + ("points" if cluster is None else "settings (clusters of points)")
+    out: dict[str, object] = {"points": n, "clusters": len(groups), "left_out": int((~ok).sum())}
+    if n < 3 or len(groups) < 2 or np.ptp(lx) == 0 or np.ptp(ly) == 0:
         for name in ("pearson", "spearman"):
-            out[name] = Estimate(math.nan, math.nan, math.nan, n, level, method="percentile bootstrap over points", unit="point")
+            out[name] = Estimate(math.nan, math.nan, math.nan, n, level, method=method, unit="point")
         return out
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))  # resampled points, shared by both
-    boots = {
-        "pearson": (stats.pearsonr(lx, ly), _corr_rows(lx[idx], ly[idx])),
-        "spearman": (stats.spearmanr(lx, ly), _corr_rows(stats.rankdata(lx[idx], axis=1), stats.rankdata(ly[idx], axis=1))),
-    }
-    for name, (ref, boot) in boots.items():
+    picks = np.random.default_rng(seed).integers(0, len(groups), size=(n_boot, len(groups)))  # shared by both
+    boots: dict[str, list[float]] = {"pearson": [], "spearman": []}
+    for row in picks:
+        idx = np.concatenate([groups[g] for g in row])
+        bx, by = lx[idx][None], ly[idx][None]
+        boots["pearson"].append(float(_corr_rows(bx, by)[0]))
+        boots["spearman"].append(float(_corr_rows(stats.rankdata(bx, axis=1), stats.rankdata(by, axis=1))[0]))
+    refs = {"pearson": stats.pearsonr(lx, ly), "spearman": stats.spearmanr(lx, ly)}
+    for name, ref in refs.items():
+        boot = np.asarray(boots[name])
         boot = boot[np.isfinite(boot)]  # a resample of one repeated point has no correlation
         lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot.size else (math.nan, math.nan)
-        out[name] = Estimate(float(ref.statistic), float(lo), float(hi), n, level, p=float(ref.pvalue),
-                             method="percentile bootstrap over points", unit="point")
+        out[name] = Estimate(float(ref.statistic), float(lo), float(hi), n, level, p=float(ref.pvalue), method=method, unit="point")
     return out

@@ -73,7 +73,7 @@ def test_a_cell_two_datasets_share_is_one_point():
 
 def test_correlation_over_points_against_scipy_and_a_direct_bootstrap():
     table = predicted_vs_measured([_sigma_grid(), _budget_grid()])
-    got = prediction_correlation(table, n_boot=500, seed=3)
+    got = prediction_correlation(table, n_boot=500, seed=3, cluster=None)
     # the points, from the closed forms, not from the table
     x = [S(g) for g in (1.5, 1.5, 2.0, 2.0, 3.0, 3.0, 2.0)]
     y = [1.1, 1.3, 1.2, 1.4, 1.25, 1.6, 1.5]
@@ -93,17 +93,39 @@ def test_correlation_over_points_against_scipy_and_a_direct_bootstrap():
     assert (got["pearson"].lo, got["pearson"].hi) == pytest.approx(tuple(np.quantile(boot, [0.025, 0.975])))
 
 
+def test_the_cluster_bootstrap_resamples_whole_settings():
+    """Each point repeated 4 times in its own setting: Pearson and Spearman (average ranks) of a
+    multiset replicated k times equal the multiset's, so resampling the settings of the
+    replicated table gives, pick for pick, the point bootstrap of the table itself; a point
+    bootstrap of the replicated table (treating copies as independent) is far narrower."""
+    rng = np.random.default_rng(0)
+    x = np.exp(rng.normal(0, 0.3, 9))
+    y = x * np.exp(rng.normal(0, 0.2, 9))
+    base = pd.DataFrame({"predicted": x, "speedup_steps": [Estimate(v, 0, 9, 10) for v in y], "setting": range(9)})
+    copies = pd.concat([base] * 4, ignore_index=True)
+    ref = prediction_correlation(base, n_boot=400, seed=5, cluster=None)
+    got = prediction_correlation(copies, n_boot=400, seed=5, cluster=["setting"])
+    assert got["points"] == 36 and got["clusters"] == 9 and "settings" in got["pearson"].method
+    for name in ("pearson", "spearman"):
+        assert got[name].value == pytest.approx(ref[name].value)
+        assert (got[name].lo, got[name].hi) == pytest.approx((ref[name].lo, ref[name].hi))
+    naive = prediction_correlation(copies, n_boot=400, seed=5, cluster=None)["pearson"]
+    assert naive.hi - naive.lo < 0.7 * (got["pearson"].hi - got["pearson"].lo)
+    with pytest.raises(ValueError, match=r"cluster=\['nope'\] is not allowed: columns \['nope'\] are not in the table"):
+        prediction_correlation(base, cluster=["nope"])
+
+
 def test_correlation_of_a_perfect_prediction_and_of_too_few_points():
     perfect = pd.DataFrame({"predicted": [1.1, 1.5, 2.0, 3.0], "speedup_steps": [Estimate(v ** 2, 0, 9, 10) for v in (1.1, 1.5, 2.0, 3.0)]})
-    got = prediction_correlation(perfect, n_boot=200)
+    got = prediction_correlation(perfect, n_boot=200, cluster=None)
     assert got["pearson"].value == pytest.approx(1.0) and got["pearson"].lo == pytest.approx(1.0) and got["spearman"].hi == pytest.approx(1.0)
     ratio = pd.DataFrame({"predicted": [1.1, 1.5, 2.0], "ratio": [Estimate(1 / v, 0, 9, 10) for v in (1.2, 1.1, 3.0)]})
-    assert prediction_correlation(ratio, measured="ratio", n_boot=200)["spearman"].value == pytest.approx(0.5)  # 1 / ratio ranks 2, 1, 3
+    assert prediction_correlation(ratio, measured="ratio", n_boot=200, cluster=None)["spearman"].value == pytest.approx(0.5)  # 1 / ratio ranks 2, 1, 3
     hidden = perfect.assign(speedup_steps=[Estimate(math.nan, 0, 2, 10, censored=6)] * 2 + list(perfect["speedup_steps"][2:]))
-    few = prediction_correlation(hidden, n_boot=200)
+    few = prediction_correlation(hidden, n_boot=200, cluster=None)
     assert few["points"] == 2 and few["left_out"] == 2 and math.isnan(few["pearson"].value)
     with pytest.raises(ValueError, match="n_boot"):
-        prediction_correlation(perfect, n_boot=5)
+        prediction_correlation(perfect, n_boot=5, cluster=None)
 
 
 def test_the_central_figure_draws_every_identified_point_with_its_interval_and_the_identity():
