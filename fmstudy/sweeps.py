@@ -96,9 +96,16 @@ def sigma_table(ds: xr.Dataset, **options) -> pd.DataFrame:
 
 def holm_counts(table: pd.DataFrame) -> tuple[int, int, int]:
     """(better, worse, compared) among the unbiased rows of a comparison table: ratio below or
-    above 1 with ``p_holm`` (else ``p``) under 0.05, i.e. at family-wise level 5% over the table."""
+    above 1 with ``p_holm`` (else ``p``) under 0.05, i.e. at family-wise level 5% over the table.
+    A table with neither column gets Holm's adjustment of its ratios' own p-values here, over
+    the unbiased rows (the comparisons counted)."""
     t = table[table["unbiased"].astype(bool)] if "unbiased" in table else table
-    p = t["p_holm"] if "p_holm" in t else t["p"]
+    if "p_holm" in t:
+        p = t["p_holm"]
+    elif "p" in t:
+        p = t["p"]
+    else:
+        p = pd.Series(holm(np.array([e.p for e in t["ratio"]], dtype=float)), index=t.index)
     better = int(((p < 0.05) & t["ratio"].map(lambda e: e.value < 1)).sum())
     worse = int(((p < 0.05) & t["ratio"].map(lambda e: e.value > 1)).sum())
     return better, worse, len(t)

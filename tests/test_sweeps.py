@@ -107,3 +107,15 @@ def test_holm_counts_count_only_unbiased_rows_significant_after_holm():
                       "p_holm": [0.01, 0.04, 0.2, 0.01], "unbiased": [True, True, True, False]})
     assert holm_counts(t) == (1, 1, 3)  # the fourth keeps no objective; the third is not significant after Holm
     assert holm_counts(t.drop(columns=["p_holm", "unbiased"])) == (3, 1, 4)  # without Holm: the raw p
+
+    # only the ratios' own p: Holm over the 3 unbiased rows, by hand: sorted p 0.01, 0.02, 0.03
+    # times 3, 2, 1 -> 0.03, 0.04, 0.04 (running max), all under 0.05
+    def ep(v, p):
+        return Estimate(v, v, v, 10, 0.95, p=p)
+
+    own = pd.DataFrame({"ratio": [ep(0.8, 0.02), ep(1.2, 0.01), ep(0.9, 0.03), ep(0.7, 0.0)], "unbiased": [True, True, True, False]})
+    assert holm_counts(own) == (2, 1, 3)
+    own["ratio"] = [ep(0.8, 0.02), ep(1.2, 0.01), ep(0.9, 0.04), ep(0.7, 0.0)]  # 0.04 x 1 = 0.04, still; 0.02 x 2 = 0.04
+    assert holm_counts(own) == (2, 1, 3)
+    own["ratio"] = [ep(0.8, 0.03), ep(1.2, 0.01), ep(0.9, 0.04), ep(0.7, 0.0)]  # 0.03 x 2 = 0.06: no longer below 0.05
+    assert holm_counts(own) == (0, 1, 3)
