@@ -73,14 +73,16 @@ def _attrs_key(attrs: dict[str, Any]) -> list[tuple[str, str, bytes]]:
 
 # the global attribute a cell's file carries once its measurements were rounded for shipping
 PRECISION_ATTR = "stored_precision"
-FLOAT32_NOTE = "float32: the float64 measurements rounded to float32 when shipped (fmstudy.ship.compact)"
+FLOAT32_NOTE = ("float32: the float64 measurements rounded to float32 when shipped (fmstudy.ship.compact), "
+                "except variables holding finite values beyond float32's range (kept in float64)")
 
 
 def to_float32(ds: Any) -> Any:
     """``ds`` with every float64 data variable rounded to float32 (relative error at most
     2**-24, far below any effect the book reads; coordinates and integers kept) and the global
-    attribute ``PRECISION_ATTR`` saying so. Raises ``ValueError`` naming the variable if a
-    finite value would overflow to infinity."""
+    attribute ``PRECISION_ATTR`` saying so. A variable with a finite value beyond float32's
+    range (e.g. the sample distance of a diverged run, 1e54) stays float64, unrounded: a
+    diverging run is data, and infinity would say less than the number."""
     out = ds.copy()
     for name, var in ds.data_vars.items():
         if var.dtype != np.float64:
@@ -88,9 +90,8 @@ def to_float32(ds: Any) -> Any:
         x = var.values
         with np.errstate(over="ignore"):
             y = x.astype(np.float32)
-        if np.any(np.isfinite(x) & ~np.isfinite(y)):
-            raise ValueError(f"variable {name!r} has values beyond float32's range (max |x| = {np.nanmax(np.abs(x)):.3g}): it cannot be shipped in float32")
-        out[name] = var.copy(data=y)
+        if not np.any(np.isfinite(x) & ~np.isfinite(y)):
+            out[name] = var.copy(data=y)
     out.attrs[PRECISION_ATTR] = FLOAT32_NOTE
     return out
 
