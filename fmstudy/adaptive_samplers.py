@@ -9,6 +9,7 @@ import math
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .checks import check_float, check_int
@@ -22,6 +23,7 @@ class _Binned(TimeSampler):
     (uniform at the start), always mixed with the uniform floor."""
 
     adaptive = True
+    fusable: ClassVar[bool] = True  # updates member by member: groups of it can be one unit (fmstudy.member_samplers)
     options = TimeSampler.options + ("n_bins",)
 
     def __init__(self, seeds, n_bins: int = 20, floor: float = 0.05, **kw):
@@ -29,23 +31,35 @@ class _Binned(TimeSampler):
         super().__init__(seeds, floor=floor, **kw)
         self.edges = torch.linspace(self.lo, self.hi, self.n_bins + 1, dtype=torch.float64, device=self.device)
         self.probs = torch.full((self.n_members, self.n_bins), 1.0 / self.n_bins, dtype=torch.float64, device=self.device)
+        # Made once, not in every update: the edges never move (operators counted per step, tests/test_ops.py).
+        self._inner = self.edges[1:-1].contiguous()
+        self._ramp = self.floor * (self.edges - self.lo) / (self.hi - self.lo)
+        self._zero = torch.zeros((), dtype=torch.float64, device=self.device)
+        self._row = torch.arange(self.n_members, device=self.device)[:, None] * self.n_bins  # member i's first (member, bin) key
 
     def base_table(self) -> tuple[Tensor, Tensor]:
-        cdf = torch.cat([torch.zeros_like(self.probs[:, :1]), self.probs.cumsum(1)], dim=1)
+        cdf = F.pad(self.probs.cumsum(1), (1, 0))  # C_0 = 0 in front
         return self.edges, cdf / cdf[:, -1:]
 
+    def table(self) -> tuple[Tensor, Tensor]:
+        """``TimeSampler.table``'s ``(1 - floor) C + floor (e - a) / (b - a)`` (4.3), its second
+        term (the same numbers: the edges are fixed) computed once."""
+        edges, cdf = self.base_table()
+        return edges, (1 - self.floor) * cdf + self._ramp if self.floor > 0 else cdf
+
     def bin_of(self, t: Tensor) -> Tensor:
-        """Bin index ``[M, B]`` of times ``t``."""
+        """Bin index ``[M, B]`` of times ``t``: the number of inner edges ``e_1 .. e_{K-1}`` at or
+        below t, which is ``clamp(searchsorted(edges, t, right) - 1, 0, K - 1)`` in one operator."""
         t = t.to(torch.float64)
-        return (torch.searchsorted(self.edges, t.contiguous(), right=True) - 1).clamp(0, self.n_bins - 1)
+        return torch.searchsorted(self._inner, t.contiguous(), right=True)
 
     def _set_probs(self, scores: Tensor, ready: Tensor | None = None) -> None:
-        """``probs ∝ scores`` for members whose scores are ``ready`` (all if None); members
-        whose scores are all zero or not finite keep their probabilities."""
+        """``probs ∝ scores`` for members whose scores are ``ready`` (``[M, 1]``, all if None);
+        members whose scores are all zero or not finite keep their probabilities."""
         total = scores.sum(1, keepdim=True)
-        ok = torch.isfinite(total) & (total > 0)
+        ok = (total > 0) & (total < math.inf)  # finite and positive (NaN fails both)
         if ready is not None:
-            ok = ok & ready[:, None]
+            ok = ok & ready
         self.probs = torch.where(ok, scores / total.clamp(min=1e-300), self.probs)
 
     def _needs(self, feedback: Feedback, *fields: str) -> list[Tensor] | None:
@@ -85,6 +99,7 @@ class _SecondMoment(_Binned):
         self.values = torch.zeros(*shape, self.history, dtype=torch.float64, device=self.device)
         self.filled = torch.zeros(shape, dtype=torch.int64, device=self.device)
         self.head = torch.zeros(shape, dtype=torch.int64, device=self.device)
+        self._made: tuple[Tensor, Tensor, Tensor] | None = None  # _positions
 
     def update(self, feedback: Feedback) -> None:
         got = self._needs(feedback, "t", self.signal)
@@ -92,27 +107,34 @@ class _SecondMoment(_Binned):
             return
         t, x = got
         m, k, n = self.n_members, self.n_bins, self.history
-        key = (torch.arange(m, device=self.device)[:, None] * k + self.bin_of(t)).reshape(-1)
-        x = x.reshape(-1)
-        # Rank of each value among this batch's values of its (member, bin), in batch order.
-        order = torch.sort(key, stable=True).indices
-        key, x = key[order], x[order]
+        # Sorted stably, each (member, bin) key's values are a run [first, end) in batch order,
+        # and a value's rank among them is pos - first.
+        key, order = torch.sort((self._row + self.bin_of(t)).reshape(-1), stable=True)
+        x = x.reshape(-1)[order]
+        pos, pos_n, ones = self._positions(key.numel())
+        first, end = torch.searchsorted(key, key), torch.searchsorted(key, key, right=True)
         # Counted by index_add_, not bincount, which reads the largest key back to the host on a GPU.
-        count = torch.zeros(m * k, dtype=torch.int64, device=self.device).index_add_(0, key, torch.ones_like(key))
-        start = count.cumsum(0) - count
-        rank = torch.arange(key.numel(), device=self.device) - start[key]
-        keep = rank >= count[key] - n  # only the newest N of a batch survive, as sequentially
-        target = key * n + (self.head.reshape(-1)[key] + rank) % n
+        count = torch.zeros(m * k, dtype=torch.int64, device=self.device).index_add_(0, key, ones)
+        keep = pos_n >= end  # only the newest N of a batch survive, as sequentially: rank >= (end - first) - N
+        target = key * n + (self.head.view(-1)[key] + (pos - first)) % n
         # Written without boolean indexing, whose row count would stall a GPU: the newest N
         # of a (member, bin) fill all N of its slots, so zeroing every slot the batch reaches
         # and then adding the kept values (zeros for the others) writes each kept value exactly.
         flat = self.values.view(-1)
         flat.index_fill_(0, target, 0.0)
-        flat.index_put_((target,), torch.where(keep, x.to(flat.dtype), 0.0), accumulate=True)
-        self.head = (self.head + count.reshape(m, k)) % n
-        self.filled = (self.filled + count.reshape(m, k)).clamp(max=n)
-        warm = (self.filled == n).all(1)
+        flat.index_put_((target,), torch.where(keep, x.to(flat.dtype), self._zero), accumulate=True)
+        count = count.view(m, k)
+        self.head = (self.head + count) % n
+        self.filled = (self.filled + count).clamp(max=n)
+        warm = (self.filled == n).all(1, keepdim=True)
         self._set_probs(torch.sqrt((self.values**2).mean(-1)), ready=warm)
+
+    def _positions(self, size: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``(0 .. size-1, the same + history, ones)`` for a batch of ``size`` values, made once per size."""
+        if self._made is None or self._made[0].numel() != size:
+            pos = torch.arange(size, device=self.device)
+            self._made = (pos, pos + self.history, torch.ones_like(pos))
+        return self._made
 
     def _state(self) -> dict[str, Tensor]:
         return {"probs": self.probs, "values": self.values, "filled": self.filled, "head": self.head}
@@ -191,6 +213,7 @@ class LearningProgress(_Smoothed):
 
     name = "learning_progress"
     requires = frozenset({"bin_loss"})
+    fusable = False  # whether any member has a previous loss is decided across the members
     options = _Smoothed.options + ("temperature",)
 
     def __init__(self, seeds, temperature: float = 0.02, **kw):
@@ -203,9 +226,9 @@ class LearningProgress(_Smoothed):
         if got is None:
             return
         loss = got[0]
-        have_prev = torch.isfinite(self.previous).all(1)
-        reward = (self.previous - loss) / self.previous.abs().clamp(min=1e-12)
-        reward = torch.where(have_prev[:, None], reward, torch.zeros_like(reward))
+        size = self.previous.abs()
+        have_prev = (size < math.inf).all(1, keepdim=True)  # every bin's previous loss finite (NaN < inf is false)
+        reward = torch.where(have_prev, (self.previous - loss) / size.clamp(min=1e-12), self._zero)
         # Smoothed only once some member has a previous loss, decided on the device (a Python
         # ``if`` on a tensor would wait for the GPU).
         score, seen = self.score, self.seen

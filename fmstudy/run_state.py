@@ -22,7 +22,7 @@ from .adam import EnsembleAdam, FlatParams
 from .data import get_benchmark
 from .member_samplers import MemberSamplers
 from .meter import CheckpointMeter
-from .models import MLPConfig, VelocityEnsemble, adam_preconditioner
+from .models import MLPConfig, VelocityEnsemble
 from .paths import BrownianBridge
 from .results import build_dataset
 from .samplers import make_sampler, sampler_class
@@ -69,7 +69,8 @@ class RunState:
         self.oracle = self.bench.oracle(self.path) if self.bench.mixture is not None else None
         self.probes = self.bench.probes(cfg.n_bins, cfg.probe_per_bin, cfg.t_eps)
         m = len(cfg.seeds)
-        self.samplers = MemberSamplers([self._sampler(cell) for _, cell in self.cells], self.groups, m, self.device)
+        self.samplers = MemberSamplers([self._sampler(cell) for _, cell in self.cells], self.groups, m, self.device,
+                                       make=lambda g, seeds: self._sampler(self.cells[g][1], seeds))
         mlp = MLPConfig(dim=self.bench.dim, hidden=cfg.hidden or self.bench.model_hidden, depth=cfg.depth or self.bench.model_depth)
         self.model = VelocityEnsemble(mlp, cfg.seeds).to(self.device)
         self.ema_model = copy.deepcopy(self.model).requires_grad_(False)
@@ -80,6 +81,7 @@ class RunState:
             for i in idx:
                 lr[i] = cell.lr
         self.opt = EnsembleAdam(self.flat, lr)
+        self._scratch: tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor]]] | None = None  # precond(scratch=True)
         self.step = 0
         self.alive = torch.ones(m, dtype=torch.bool, device=self.device)
         self.diverged_step = torch.full((m,), -1, dtype=torch.int64, device=self.device)
@@ -101,20 +103,37 @@ class RunState:
             if params:
                 self.weighting_opt = torch.optim.Adam(params, lr=cfg.lr)
 
-    def _sampler(self, cell: Any):
+    def _sampler(self, cell: Any, seeds: Sequence[int] | None = None):
+        """The sampler of ``cell`` over its seeds (or ``seeds``)."""
         spec = dict(cell.sampler)
         if "n_bins" in getattr(sampler_class(spec.get("name")), "options", ()):
             spec.setdefault("n_bins", cell.n_bins)  # adaptive bins are the probe bins
-        sampler = make_sampler(spec, cell.seeds, cell.t_eps, self.device)
+        sampler = make_sampler(spec, cell.seeds if seeds is None else seeds, cell.t_eps, self.device)
         if getattr(sampler, "n_bins", cell.n_bins) != cell.n_bins:
             raise ValueError(
                 f"sampler n_bins={sampler.n_bins} is not allowed: adaptive samplers use the run's n_bins={cell.n_bins}"
             )
         return sampler
 
-    def precond(self) -> Any:
-        """Adam's current preconditioner (``fmstudy.models.adam_preconditioner``), None before its first step."""
-        return adam_preconditioner(self.opt, self.model) if self.step > 0 else None
+    def precond(self, scratch: bool = False) -> tuple[list[torch.Tensor], list[torch.Tensor]] | None:
+        """Adam's current preconditioner ``P = 1 / (sqrt(v / (1 - beta2^k)) + eps)`` as
+        (``P_W`` per layer, ``P_b`` per layer), None before its first step: the arithmetic of
+        ``fmstudy.models.adam_preconditioner``, element by element, done on the flat moments
+        (four operators, not four a parameter). ``scratch``: into a buffer that the next
+        scratch call overwrites (the step's own, whose views are made once)."""
+        if self.step == 0:
+            return None
+        if scratch and self._scratch is None:
+            self._scratch = self._precond_views(torch.empty_like(self.opt.exp_avg_sq))
+        buf, views = self._scratch if scratch else self._precond_views(torch.empty_like(self.opt.exp_avg_sq))
+        opt = self.opt
+        torch.div(opt.exp_avg_sq, 1 - opt.betas[1] ** float(opt.steps), out=buf)
+        buf.sqrt_().add_(opt.eps).reciprocal_()  # 1.0 / x in torch is reciprocal(x) * 1.0, the same number
+        return views
+
+    def _precond_views(self, buf: torch.Tensor) -> tuple[torch.Tensor, tuple[list[torch.Tensor], list[torch.Tensor]]]:
+        views = dict(zip(map(id, self.flat.params), self.flat.views(buf)))
+        return buf, ([views[id(w)] for w in self.model.weights], [views[id(b)] for b in self.model.biases])
 
     @property
     def unbiased(self) -> list[bool]:

@@ -7,18 +7,18 @@
                          (y = u_t, or E[u_t | x1, x_t] with target "rb"; an objective-changing
                          weighting, if any, replaces L by its own reduction of (l, t, w))
     freeze members whose L is not finite or exceeds max_loss (decided on the device)
-    theta <- Adam(theta, grad sum_i L_i) with per-member lr; per-member clipping; EMA
+    g_i <- g_i min(1, c / (||g_i|| + 1e-12))   per-member clipping (grad_clip = c > 0)
+    theta <- Adam(theta, g) with per-member lr; EMA
 
 The step reads nothing back from the device, so a GPU keeps queueing kernels; its operator
-count does not grow with the number of members or of member groups with fixed samplers
-(tests/test_ops.py). The last step's per-sample losses and times stay in ``last`` for code
+count does not grow with the number of members or of member groups with fixed samplers or
+one adaptive sampler's groups at several rates (fmstudy.member_samplers units; tests/test_ops.py). The last step's per-sample losses and times stay in ``last`` for code
 that wants them (variance accounts, samplers fed from outside).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 
 import torch
@@ -64,6 +64,8 @@ class TrainStep:
         self.wants_grad_norm = "grad_norm" in run.samplers.requires
         self.wants_adam_norm = "grad_sq_adam" in run.samplers.requires
         self.last: StepOutput | None = None
+        self._seed: Tensor | None = None  # d sum_i L_i / d L_i: ones, made once
+        self._clip = torch.tensor(cfg.grad_clip, dtype=torch.float32, device=run.device)  # the clipping norm c
 
     def _factors(self, step: int) -> tuple[float, float]:
         """Warm-up and cosine decay of the learning rate at ``step``."""
@@ -76,8 +78,9 @@ class TrainStep:
         run = self.run
         cfg, s, dev = run.config, run.step, run.device
         m, b, d = len(cfg.seeds), cfg.batch_size, run.bench.dim
-        if any(x.counter != s for x in run.samplers.samplers):
-            raise ValueError(f"sampler counters {[x.counter for x in run.samplers.samplers]} are not allowed: they must equal the step {s}")
+        counters = [c for _, _, c in run.samplers.kinds]  # read without a sync of the groups' states
+        if any(c != s for c in counters):
+            raise ValueError(f"sampler counters {counters} are not allowed: they must equal the step {s}")
         u_time, u_data, z_data, z_source, z_noise = self.draws.draw(s, dev)
         x1 = run.bench.sample_members(Served(m, s, uniform=u_data, normal=z_data), s, b, dev)
         x0 = z_source.to(torch.float32).reshape(m, b, d)
@@ -91,53 +94,69 @@ class TrainStep:
             member_loss = (draw.weight * per_sample).mean(1)
         else:
             member_loss = run.weighting(per_sample, draw.t, draw.weight)
-        run.train_loss[:, s] = member_loss.detach()
-        run.train_loss_unweighted[:, s] = per_sample.detach().mean(1)
+        plain = per_sample.detach()
+        with torch.no_grad():  # records, outside the graph: no detached copies to make
+            run.train_loss[:, s] = member_loss
+            run.train_loss_unweighted[:, s] = plain.mean(1)
 
         # Freezing is decided on the device, with no host synchronisation: a frozen member's
         # gradient is zeroed (it may be NaN) and its Adam step is zero.
-        # L >= 0, so "L <= max_loss" is false exactly when L is NaN, +inf or too large.
-        bad = run.alive & ~(member_loss <= cfg.max_loss)
-        run.diverged_step = torch.where(bad, s, run.diverged_step)
-        run.alive &= ~bad
+        # L >= 0, so "L <= max_loss" is false exactly when L is NaN, +inf or too large;
+        # on booleans alive > ok is alive & ~ok, and alive & ~(alive & ~ok) = alive & ok.
+        ok = member_loss <= cfg.max_loss
+        run.diverged_step = run.diverged_step.masked_fill(run.alive > ok, s)
+        run.alive &= ok
 
         flat = run.flat
         flat.seat_grads()
-        flat.grad.zero_()
-        if run.weighting_opt is not None:
-            run.weighting_opt.zero_grad(set_to_none=False)
         # Adam's metric as it stands before this step's update (read from its state: bit-exact on resume)
-        precond = run.precond() if self.wants_adam_norm and s > 0 else None
-        with warnings.catch_warnings():
-            # Parameters and gradients are strided views of member-major buffers on purpose
-            # (fmstudy.adam.FlatParams); autograd's notice that such gradients break its
-            # layout contract (it then adds in place, which the buffer needs) is not news.
-            warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout contract")
-            member_loss.sum().backward()
+        precond = run.precond(scratch=True) if self.wants_adam_norm else None
+        deltas = self._backward(member_loss, trace)
         flat.grad.masked_fill_(~run.alive[:, None], 0.0)
         if cfg.grad_clip > 0:
-            squares = torch._foreach_mul(flat.grads, flat.grads)  # one operator for every layer
-            norm = torch.sqrt(sum(q.sum(dim=tuple(range(1, q.dim()))) for q in squares))  # [M]
-            scale = (cfg.grad_clip / (norm + 1e-12)).clamp(max=1.0)
-            flat.grad.mul_(scale[:, None])
+            # ||g_i|| over member i's row of the flat gradient, one operator whatever the number
+            # of layers; a row is reduced by one thread on its own (torch's last-dimension norm),
+            # so it does not depend on the other members or on the number of threads.
+            # scale min(1, c / (||g|| + 1e-12)) = c / max(||g|| + 1e-12, c), one division
+            norm = torch.linalg.vector_norm(flat.grad, dim=1, keepdim=True)  # [M, 1]
+            flat.grad.mul_(torch.div(self._clip, (norm + 1e-12).clamp(min=cfg.grad_clip)))
         run.opt.step(self._factors(s), run.alive, ema=(run.ema_flat, 1 - cfg.ema_decay))
         if run.weighting_opt is not None:
             run.weighting_opt.step()
 
-        per_sample = per_sample.detach()
-        self.last = StepOutput(draw.t, draw.weight, per_sample)
+        self.last = StepOutput(draw.t, draw.weight, plain)
         if run.samplers.adaptive:
             grad_norm = None
             if self.wants_grad_norm:  # d L / d l_b = w_b / B: undo it to get grad of l_b itself
-                grad_norm = per_sample_grad_sq(trace).sqrt() * b / draw.weight
-            run.samplers.update(Feedback(t=draw.t, loss=per_sample, grad_norm=grad_norm), per_sample=True)
+                grad_norm = per_sample_grad_sq(trace, deltas).sqrt() * b / draw.weight
+            run.samplers.update(Feedback(t=draw.t, loss=plain, grad_norm=grad_norm), per_sample=True)
             if precond is not None:  # every norm_stride-th sample, a rotating subset; d L / d l_b = w_b / B undone
                 idx = torch.arange(s % cfg.norm_stride, b, cfg.norm_stride, device=dev)
-                sq = per_sample_grad_sq_adam(trace, precond, index=idx) * (b / draw.weight.index_select(1, idx)) ** 2
+                sq = per_sample_grad_sq_adam(trace, precond, deltas, index=idx) * (b / draw.weight.index_select(1, idx)) ** 2
                 run.samplers.update(Feedback(t=draw.t.index_select(1, idx), grad_sq_adam=sq), per_sample=True)
             if (s + 1) % cfg.feedback_every == 0:
                 self.bin_feedback()
         run.step += 1
+
+    def _backward(self, member_loss: Tensor, trace: list | None) -> list[Tensor] | None:
+        """Gradients of ``sum_i L_i`` written to the flat buffer (and to the weighting's
+        parameters); returns the traced layers' pre-activation gradients (None without a trace).
+
+        One ``autograd.grad`` seeded with ones (d sum_i L_i / d L_i = 1) and one copy into the
+        buffer: no sum, no zeroing, no addition per parameter. The numbers are those of
+        zeroing and accumulating (0 + g = g) but for the sign of a zero gradient, which no
+        later operation tells apart (g^2, lerp from m with m != -0, norms)."""
+        run = self.run
+        if self._seed is None or self._seed.shape != member_loss.shape or self._seed.dtype != member_loss.dtype:
+            self._seed = torch.ones_like(member_loss)
+        pres = [pre for _, pre in trace] if trace is not None else []
+        extra = list(run.weighting.parameters()) if run.weighting_opt is not None else []
+        n = len(run.flat.params)
+        grads = torch.autograd.grad(member_loss, [*run.flat.params, *pres, *extra], grad_outputs=self._seed, materialize_grads=True)
+        torch._foreach_copy_(run.flat.grads, grads[:n])
+        for p, g in zip(extra, grads[n + len(pres) :]):
+            p.grad = g
+        return list(grads[n : n + len(pres)]) if trace is not None else None
 
     def bin_feedback(self) -> None:
         """Per-bin measurements for the groups whose samplers ask for them, counted as each
@@ -146,8 +165,9 @@ class TrainStep:
         signals (:func:`fmstudy.signals.measure_bins`)."""
         run = self.run
         fixed_fields = {"bin_loss", "bin_excess", "bin_grad_mean_sq", "bin_grad_sq"}
-        fresh = [s.name in _FRESH_MOMENTS and bool({f for f in s.requires if f.startswith("bin_")}) for s in run.samplers.samplers]
-        needs = [set() if f else s.requires & fixed_fields for s, f in zip(run.samplers.samplers, fresh)]
+        kinds = run.samplers.kinds
+        fresh = [name in _FRESH_MOMENTS and bool({f for f in req if f.startswith("bin_")}) for name, req, _ in kinds]
+        needs = [set() if f else req & fixed_fields for (_, req, _), f in zip(kinds, fresh)]
         n = run.probes.n_bins * run.probes.per_bin
         if any(fresh):
             groups = run.meter.account_groups or 4
@@ -164,7 +184,7 @@ class TrainStep:
         grads = any(r & {"bin_grad_mean_sq", "bin_grad_sq"} for r in needs)
         excess = any("bin_excess" in r for r in needs)
         if excess and run.oracle is None:
-            name = next(s.name for s, r in zip(run.samplers.samplers, needs) if "bin_excess" in r)
+            name = next(k[0] for k, r in zip(kinds, needs) if "bin_excess" in r)
             raise ValueError(f"sampler {name!r} needs an oracle: benchmark {run.bench.name!r} has none")
         sig = measure_bins(run.model, run.path, run.probes, run.oracle if excess else None, gradients=grads)
         for idx, r in zip(run.groups, needs):

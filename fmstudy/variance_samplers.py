@@ -89,23 +89,30 @@ class VarOpt(_Binned):
         zeros = torch.zeros(self.n_members, self.n_bins, dtype=torch.float64, device=self.device)
         self.sums = torch.zeros(4, self.n_members, self.n_bins, dtype=torch.float64, device=self.device)  # n, n2, s1, s2
         self.mean_sq = zeros  # ||G_k||^2 from the latest per-bin feedback (Neyman only)
+        gamma = 1.0 - 1.0 / self.horizon
+        # The forgetting factors of (n, n2, s1, s2), made once: Python floats, the same float64 numbers.
+        self._decay = torch.tensor([gamma, gamma**2, gamma, gamma], dtype=torch.float64, device=self.device)[:, None, None]
+        self._huge = torch.full((), _HUGE, dtype=torch.float64, device=self.device)
 
     def estimate(self) -> Tensor:
         """The shrunk second moments ``S_hat [M, K]`` (class docstring)."""
         n, n2, s1, s2 = self.sums
+        zero = self._zero
         have = n > 0
-        m = torch.where(have, s1 / n.clamp(min=1e-300), torch.zeros_like(n))
-        dof = n - n2 / n.clamp(min=1e-300)
-        var = ((s2 - s1**2 / n.clamp(min=1e-300)) / dof.clamp(min=1e-300)).clamp(min=0)
+        nc = n.clamp(min=1e-300)  # a divisor; where n = 0 the quotient is not used
+        m = torch.where(have, s1 / nc, zero)
+        dof = n - n2 / nc
+        var = ((s2 - s1**2 / nc) / dof.clamp(min=1e-300)).clamp(min=0)
         enough = have & (n**2 >= self.min_samples * n2)
-        se2 = torch.where(enough, var * n2 / n.clamp(min=1e-300) ** 2, torch.full_like(n, _HUGE))
+        se2 = torch.where(enough, var * n2 / nc**2, self._huge)
         count = enough.sum(1, keepdim=True).clamp(min=1)
-        mu = torch.where(enough, m, 0.0).sum(1, keepdim=True) / count
-        spread = torch.where(enough, (m - mu) ** 2, 0.0).sum(1, keepdim=True) / (count - 1).clamp(min=1)
-        mean_se2 = torch.where(enough, se2, 0.0).sum(1, keepdim=True) / count
+        mu = torch.where(enough, m, zero).sum(1, keepdim=True) / count
+        dev = m - mu
+        spread = torch.where(enough, dev**2, zero).sum(1, keepdim=True) / (count - 1).clamp(min=1)
+        mean_se2 = torch.where(enough, se2, zero).sum(1, keepdim=True) / count
         tau2 = (spread - mean_se2).clamp(min=0)
         shrink = tau2 / (tau2 + se2).clamp(min=1e-300)
-        return mu + shrink * (m - mu)
+        return mu + shrink * dev
 
     def update(self, feedback: Feedback) -> None:
         field, _, mean_field = _METRICS[self.metric]
@@ -118,16 +125,12 @@ class VarOpt(_Binned):
             if field == "grad_norm":
                 x = x**2
             m, k = self.n_members, self.n_bins
-            key = (torch.arange(m, device=self.device)[:, None] * k + self.bin_of(t)).reshape(-1)
+            key = (self._row + self.bin_of(t)).reshape(-1)
             x = x.reshape(-1)
             ones = torch.ones_like(x)
-            new = torch.zeros(4, m * k, dtype=torch.float64, device=self.device)
-            for row, values in enumerate((ones, ones, x, x * x)):
-                new[row].index_add_(0, key, values)
-            gamma = 1.0 - 1.0 / self.horizon
-            # row by row with Python factors: a tensor of them made here would be a host-to-device copy per step
-            decayed = torch.stack([self.sums[0] * gamma, self.sums[1] * gamma**2, self.sums[2] * gamma, self.sums[3] * gamma])
-            self.sums = decayed + new.view(4, m, k)
+            # The four rows' sums in one index_add_: each (row, key) cell still adds its values in batch order.
+            new = torch.zeros(4, m * k, dtype=torch.float64, device=self.device).index_add_(1, key, torch.stack([ones, ones, x, x * x]))
+            self.sums = self.sums * self._decay + new.view(4, m, k)
         s_hat = self.estimate().clamp(min=0)
         if self.neyman:
             s_hat = (s_hat - self.mean_sq).clamp(min=0)
