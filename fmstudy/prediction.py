@@ -105,8 +105,8 @@ def _cluster_codes(table: pd.DataFrame, cluster: Sequence[str] | None) -> np.nda
     missing = [c for c in cluster if c not in table.columns]
     if missing:
         raise ValueError(f"cluster={list(cluster)!r} is not allowed: columns {missing} are not in the table (it has {list(table.columns)})")
-    keys = [tuple(str(v) for v in row) for row in table[list(cluster)].itertuples(index=False)]
-    return np.unique(np.array(keys, dtype=object).astype(str), return_inverse=True)[1].reshape(-1) if keys else np.zeros(0, int)
+    keys = ["\x1f".join(str(v) for v in row) for row in table[list(cluster)].itertuples(index=False)]
+    return np.unique(np.array(keys, dtype=str), return_inverse=True)[1].reshape(-1) if keys else np.zeros(0, int)
 
 
 def prediction_correlation(

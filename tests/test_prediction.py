@@ -111,6 +111,8 @@ def test_the_cluster_bootstrap_resamples_whole_settings():
         assert (got[name].lo, got[name].hi) == pytest.approx((ref[name].lo, ref[name].hi))
     naive = prediction_correlation(copies, n_boot=400, seed=5, cluster=None)["pearson"]
     assert naive.hi - naive.lo < 0.7 * (got["pearson"].hi - got["pearson"].lo)
+    two = copies.assign(extra=np.arange(36) % 2)  # clusters keyed by two columns: 9 settings x 2
+    assert prediction_correlation(two, n_boot=100, cluster=["setting", "extra"])["clusters"] == 18
     with pytest.raises(ValueError, match=r"cluster=\['nope'\] is not allowed: columns \['nope'\] are not in the table"):
         prediction_correlation(base, cluster=["nope"])
 
