@@ -90,11 +90,12 @@ def _readable_notebook(path: Path) -> bool:
         return False
 
 
-def cell_result(results: Path, rec: Mapping[str, Any], pages: Path | None = None) -> tuple[Any, str]:
+def cell_result(results: Path, rec: Mapping[str, Any], pages: Path | None = None, *, fast: bool = True) -> tuple[Any, str]:
     """``(Dataset, "")`` if the cell is finished, else ``(None, why)``; ``why`` is empty when the
     record itself does not claim the cell is finished (running, failed). Finished = its record
     says ok, its page reads as a notebook (unless the record says its results were shipped
-    without it: ``"page_shipped": false``), and its netCDF file opens and carries its id."""
+    without it: ``"page_shipped": false``), and its netCDF file opens and carries its id.
+    ``fast``: as :func:`fmstudy.results.read_netcdf`."""
     if rec.get("status") != "ok":
         return None, ""
     if rec.get("page_shipped") is not False:
@@ -106,7 +107,7 @@ def cell_result(results: Path, rec: Mapping[str, Any], pages: Path | None = None
             return None, f"its page {page} is missing or not a readable notebook"
     path = Path(results) / "cells" / f"{rec['id']}.nc"
     try:
-        ds = read_netcdf(path)
+        ds = read_netcdf(path, fast=fast)
     except Exception as err:  # noqa: BLE001 - missing, truncated or foreign: never trusted, the cell runs again
         return None, f"its result {path} cannot be read ({type(err).__name__})"
     if ds.attrs.get("cell_id") != rec["id"]:
@@ -140,16 +141,19 @@ def _check_record(path: Path, rec: Any) -> None:
 
 
 # -- collecting ---------------------------------------------------------------------------------
-def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
+def collect(folder: str | os.PathLike, grid: str | None = None, *, fast: bool = True) -> Any:
     """Merge the finished cells in ``folder`` (those of sub-grid ``grid``, or all) into one
     ``xarray.Dataset`` whose dimensions are the sub-grids' axes, plus any other parameter that
     differs between the collected cells (so no two cells ever share coordinates). Numeric axes
     keep numeric coordinates; samplers are labelled ``name(k=v, ...)``; a combination that was
     not run is NaN. Per-cell facts (id, wall time, device, whether the sampler's estimate is
     unbiased) become variables over the axes; the parameters common to all cells are the
-    attribute ``fixed`` (JSON)."""
+    attribute ``fixed`` (JSON). ``fast`` False: xarray's own reader and merge, the reference the
+    default (:mod:`fmstudy.ncread`, same Dataset, several times faster) is tested against."""
     import numpy as np
     import xarray as xr
+
+    from .ncread import merge_cells
 
     folder = Path(folder)
     records, datasets = [], []
@@ -167,7 +171,7 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
         _check_record(path, rec)
         if grid is not None and grid not in rec["grids"]:
             continue
-        ds, why = cell_result(folder, rec)
+        ds, why = cell_result(folder, rec, fast=fast)
         if ds is None:  # a corrupt cell is named, never silently dropped
             warnings.warn(f"collect: cell {rec['id']} skipped: {why}; rerun its grid to redo it", stacklevel=2)
             continue
@@ -202,7 +206,9 @@ def collect(folder: str | os.PathLike, grid: str | None = None) -> Any:
         ds.attrs = {}
         parts.append(ds.expand_dims({a: [float(lab[a]) if numeric[a] else str(lab[a])] for a in axes}))
     try:
-        merged = xr.merge(parts, join="outer", combine_attrs="drop", compat="no_conflicts")
+        merged = merge_cells(parts) if fast else None
+        if merged is None:
+            merged = xr.merge(parts, join="outer", combine_attrs="drop", compat="no_conflicts")
     except (ValueError, TypeError) as err:  # xarray's MergeError is a ValueError
         raise GridError(f"{folder}: its cells cannot be merged ({type(err).__name__}: {' '.join(str(err).split())[:200]})") from None
     for name in ("cell_id", "device"):  # a combination not run is "" (NaN cannot live in a string variable)
