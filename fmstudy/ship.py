@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from .cellrun import claim
 from .provenance import CELLS_PAGE, write_cells_page, write_provenance
 from .results import read_netcdf, write_netcdf
 from .store import cell_result, is_finished, ok_records, record_path, write_json
@@ -100,7 +101,7 @@ def compact(results: str | os.PathLike, float32: bool = False) -> dict[str, int]
     """Rewrite every finished cell's netCDF file (record ok, file readable with its id) in the
     compact encoding (:func:`fmstudy.results.compact_encoding`): written beside it, read back,
     compared bit for bit (:func:`same_bits`) with what it must hold, then renamed over it; a
-    cell that is running (lock file) is left alone, and so is a file the rewrite would not
+    cell another process is running (it holds the cell's lock) is left alone, and so is a file the rewrite would not
     shrink. With ``float32`` what it must hold is :func:`to_float32` of the cell (halves what
     shipped results weigh: their float64 noise does not compress). Raises ``ValueError`` naming
     the cell if a rewrite reads differently (the original is kept). Returns counts and bytes
@@ -110,30 +111,33 @@ def compact(results: str | os.PathLike, float32: bool = False) -> dict[str, int]
     for rec in ok_records(results):
         cid = rec["id"]
         path = results / "cells" / f"{cid}.nc"
-        ds, why = cell_result(results, {**rec, "page_shipped": False})  # the page is not what is compacted
-        if ds is None or (results / "cells" / f"{cid}.lock").exists():
-            out["skipped"] += 1
-            continue
-        out["cells"] += 1
-        before = path.stat().st_size
-        tmp = results / "cells" / f".{cid}.compact.nc"
-        try:
-            if float32:
-                ds = to_float32(ds)
-            write_netcdf(ds, tmp)
-            diff = same_bits(ds, read_netcdf(tmp))
-            if diff:
-                raise ValueError(f"cell {cid}: its compact rewrite reads differently ({diff}): the original is kept")
-            after = tmp.stat().st_size
-            if after < before:
-                os.replace(tmp, path)
-                out["rewritten"] += 1
-            else:
-                after = before
-        finally:
-            tmp.unlink(missing_ok=True)
-        out["bytes_before"] += before
-        out["bytes_after"] += after
+        # the grid runner's claim: a cell another process is running is left alone; a lock file
+        # a killed run left behind (nobody holds it) does not stop the rewrite
+        with claim(results, cid) as mine:
+            ds, why = cell_result(results, {**rec, "page_shipped": False}) if mine else (None, "running")
+            if ds is None:
+                out["skipped"] += 1
+                continue
+            out["cells"] += 1
+            before = path.stat().st_size
+            tmp = results / "cells" / f".{cid}.compact.nc"
+            try:
+                if float32:
+                    ds = to_float32(ds)
+                write_netcdf(ds, tmp)
+                diff = same_bits(ds, read_netcdf(tmp))
+                if diff:
+                    raise ValueError(f"cell {cid}: its compact rewrite reads differently ({diff}): the original is kept")
+                after = tmp.stat().st_size
+                if after < before:
+                    os.replace(tmp, path)
+                    out["rewritten"] += 1
+                else:
+                    after = before
+            finally:
+                tmp.unlink(missing_ok=True)
+            out["bytes_before"] += before
+            out["bytes_after"] += after
     return out
 
 

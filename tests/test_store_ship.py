@@ -115,10 +115,30 @@ def shipped_results(tmp_path: Path) -> Path:
     return res
 
 
+def held(lock: Path):
+    """Hold an exclusive flock on ``lock`` (as a running grid process holds its cell's)."""
+    import contextlib
+    import fcntl
+    import os
+
+    @contextlib.contextmanager
+    def hold():
+        fd = os.open(lock, os.O_RDWR)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+    return hold()
+
+
 def test_compact_rewrites_finished_cells_bit_equal_and_leaves_the_rest(tmp_path):
     res = shipped_results(tmp_path)
     before = {cid: (res / "cells" / f"{cid}.nc").read_bytes() for cid in IDS}
-    out = ship.compact(res)
+    with held(res / "cells" / f"{IDS[2]}.lock"):  # the third cell is running in another process
+        out = ship.compact(res)
     # the failed cell is not counted (its record claims nothing); the locked and the foreign one are skipped
     assert out["rewritten"] == 2 and out["skipped"] == 2 and out["bytes_after"] < 0.9 * out["bytes_before"]
     for cid, seed in ((IDS[0], 0), (IDS[1], 1)):
@@ -127,8 +147,13 @@ def test_compact_rewrites_finished_cells_bit_equal_and_leaves_the_rest(tmp_path)
     for cid in IDS[2:]:
         assert (res / "cells" / f"{cid}.nc").read_bytes() == before[cid]
     assert not list((res / "cells").glob(".*"))  # no temporary left
-    again = ship.compact(res)  # idempotent: a compact file is not rewritten larger
+    with held(res / "cells" / f"{IDS[2]}.lock"):
+        again = ship.compact(res)  # idempotent: a compact file is not rewritten larger
     assert again["rewritten"] == 0 and again["bytes_after"] == out["bytes_after"]
+    # a lock file that nobody holds (a killed run's) does not stop the rewrite, and is gone after it
+    third = ship.compact(res)
+    assert third["rewritten"] == 1 and not (res / "cells" / f"{IDS[2]}.lock").exists()
+    assert_reads_as(res / "cells" / f"{IDS[2]}.nc", cell_dataset(IDS[2], 2))
 
 
 def test_compact_keeps_the_original_when_the_rewrite_reads_differently(tmp_path, monkeypatch):
@@ -309,7 +334,7 @@ def test_compact_in_float32_rounds_measurements_only_and_says_so(tmp_path):
     res = shipped_results(tmp_path)
     lossless = shutil.copytree(res, tmp_path / "lossless")
     out = ship.compact(res, float32=True)
-    assert out["rewritten"] == 2 and out["bytes_after"] < 0.9 * ship.compact(lossless)["bytes_after"]  # float64 noise does not compress (the per-step losses, already float32, dominate these test cells)
+    assert out["rewritten"] == 3 and out["bytes_after"] < 0.9 * ship.compact(lossless)["bytes_after"]  # float64 noise does not compress (the per-step losses, already float32, dominate these test cells)
     for cid, seed in ((IDS[0], 0), (IDS[1], 1)):
         want, back = cell_dataset(cid, seed), read_netcdf(res / "cells" / f"{cid}.nc")
         assert list(back.variables) == list(want.variables) and back.attrs[ship.PRECISION_ATTR] == ship.FLOAT32_NOTE
