@@ -22,7 +22,7 @@ from . import __version__
 from .results import atomic_write
 from .store import label, ok_records, write_json
 
-__all__ = ["CELLS_PAGE", "code_state", "file_sha256", "write_cells_page", "write_provenance"]
+__all__ = ["CELLS_PAGE", "code_state", "file_attrs", "file_sha256", "write_cells_page", "write_provenance"]
 
 CELLS_PAGE = "cells.md"
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,18 @@ def file_sha256(path: str | os.PathLike) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def file_attrs(path: str | os.PathLike, keys: list[str]) -> dict[str, str] | None:
+    """The global attributes ``keys`` of a cell's netCDF file that it has, as text, read with
+    h5py without touching its variables (opening ~250 files with xarray takes minutes); None
+    when the file is missing or not HDF5."""
+    try:
+        with h5py.File(path, "r") as f:
+            raw = {k: f.attrs[k] for k in keys if k in f.attrs}
+    except OSError:
+        return None
+    return {k: v.decode() if isinstance(v, bytes) else str(v) for k, v in raw.items()}
+
+
 def write_provenance(results: str | os.PathLike, command: str, code: list[str | os.PathLike] | None = None,
                      note: str = "") -> dict[str, Any]:
     """Write ``results/PROVENANCE.json``: the commit of each checkout in ``code`` (default this
@@ -69,15 +81,12 @@ def write_provenance(results: str | os.PathLike, command: str, code: list[str | 
                         "uncommitted_changes": bool(_git(folder, "status", "--porcelain", "--untracked-files=no"))})
     seen: dict[str, set[str]] = {"fmstudy_version": set(), "torch_version": set(), "device": set(), "host": set()}
     recs = ok_records(results)
-    for rec in recs:  # the files' global attributes only (h5py): loading every variable of ~250 files takes minutes
-        try:
-            with h5py.File(results / "cells" / f"{rec['id']}.nc", "r") as f:
-                attrs = {k: f.attrs[k] for k in seen if k in f.attrs}
-        except OSError:  # missing or not HDF5: not a finished cell, nothing to record
+    for rec in recs:
+        attrs = file_attrs(results / "cells" / f"{rec['id']}.nc", list(seen))
+        if attrs is None:  # missing or not HDF5: not a finished cell, nothing to record
             continue
         for key, values in seen.items():
-            value = attrs.get(key, "")
-            values.add(value.decode() if isinstance(value, bytes) else str(value))
+            values.add(attrs.get(key, ""))
     # the commits the cells' records name (records written before they carried one name none)
     record_commits = sorted({str(r.get("code", {}).get("commit", "")) for r in recs} - {""})
     runs = []

@@ -367,3 +367,16 @@ def test_a_fresh_clone_recomputes_nothing_of_the_paper_profile():
     assert ship.unfinished(grid, res) == []
     prov = json.loads((res / "PROVENANCE.json").read_text())
     assert prov["cells"] == len(list((res / "cells").glob("[0-9a-f]*.nc")))  # provenance written after the last cell
+
+
+def test_file_attrs_reads_a_cells_attributes_as_xarray_does(tmp_path):
+    from fmstudy.provenance import file_attrs
+
+    res = shipped_results(tmp_path)
+    path = res / "cells" / f"{IDS[0]}.nc"
+    want = read_netcdf(path).attrs
+    got = file_attrs(path, ["device", "host", "absent"])
+    assert got == {"device": str(want["device"]), "host": str(want["host"])}
+    assert file_attrs(tmp_path / "none.nc", ["device"]) is None
+    (tmp_path / "text.nc").write_text("not HDF5")
+    assert file_attrs(tmp_path / "text.nc", ["device"]) is None
