@@ -69,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     c = sub.add_parser("collect", help="merge a results folder's cells into one netCDF file")
     c.add_argument("folder")
-    c.add_argument("-o", "--output", help="output file (default: FOLDER/collected.nc)")
+    c.add_argument("-o", "--output", help="output file (default: FOLDER/collected.nc, or FOLDER/collected-NAME.nc)")
+    c.add_argument("--grid", metavar="NAME", help="only the cells of this sub-grid")
     try:
         args = parser.parse_args(argv)
     except SystemExit as done:  # --help, or a usage error already printed on one line
@@ -107,8 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .results import write_netcdf
         from .store import collect
 
-        out = Path(args.output) if args.output else Path(args.folder) / "collected.nc"
-        ds = collect(args.folder)
+        default = f"collected-{args.grid}.nc" if args.grid else "collected.nc"
+        out = Path(args.output) if args.output else Path(args.folder) / default
+        ds = collect(args.folder, args.grid)
         write_netcdf(ds, out)
         print(f"{args.folder}: {ds.attrs['cells']} cells over axes {ds.attrs['axes']} -> {out}")
         return 0

@@ -16,6 +16,7 @@ neither papermill nor the grid file's validation.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from collections.abc import Mapping
@@ -141,6 +142,11 @@ def _check_record(path: Path, rec: Any) -> None:
 
 
 # -- collecting ---------------------------------------------------------------------------------
+# a merged grid may hold at most this many combinations per cell run (a full factorial
+# sub-grid holds 1; zipped axes and a few extra parameters, a few)
+MAX_HOLES = 64
+
+
 def collect(folder: str | os.PathLike, grid: str | None = None, *, fast: bool = True) -> Any:
     """Merge the finished cells in ``folder`` (those of sub-grid ``grid``, or all) into one
     ``xarray.Dataset`` whose dimensions are the sub-grids' axes, plus any other parameter that
@@ -189,6 +195,13 @@ def collect(folder: str | os.PathLike, grid: str | None = None, *, fast: bool = 
     numeric = {a: all(isinstance(lab.get(a), (int, float)) and not isinstance(lab.get(a), bool) for lab in labels) for a in axes}
     # what is not an axis is the same in every collected cell (else it would be one): record it
     fixed = {k: v for k, v in records[0]["params"].items() if k not in axes}
+    # cells of unrelated sub-grids merged into one array are mostly holes (the paper profile's
+    # 261 cells would need a 172 GiB grid): refuse before allocating it
+    size = math.prod(len({json.dumps(lab.get(a), sort_keys=True) for lab in labels}) for a in axes)
+    if size > MAX_HOLES * len(records):
+        grids = sorted({g for rec in records for g in rec["grids"]})
+        raise GridError(f"{folder}: its {len(records)} cells span sub-grids {', '.join(grids)}; merged they would make a grid of "
+                        f"{size:,} combinations, {len(records)} of them run: collect one sub-grid at a time (collect --grid NAME)")
 
     parts = []
     for rec, lab, ds in zip(records, labels, datasets):

@@ -217,6 +217,29 @@ def test_collect_of_an_empty_folder(tmp_path, capsys):
     _refused(["collect", str(tmp_path)], capsys, tmp_path, "no finished cells")
 
 
+def test_collect_of_unrelated_sub_grids_at_once(tmp_path, capsys, monkeypatch):
+    """Cells of sub-grids with disjoint axes merged into one array are mostly holes: refused in
+    one line, naming the sub-grids, before allocating; --grid collects one of them."""
+    import json
+
+    import fmstudy.store as store
+    from fmstudy.results import write_netcdf
+    from test_store_ship import cell_dataset
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    specs = [("a", {"sigma": v}) for v in (0.0, 1.0)] + [("b", {"lr": v}) for v in (0.01, 0.1)] + [("c", {"steps": v}) for v in (10, 20)]
+    for i, (grid, params) in enumerate(specs):
+        cid = f"{i:016x}"
+        write_netcdf(cell_dataset(cid, members=2, steps=5), cells / f"{cid}.nc")
+        (cells / f"{cid}.json").write_text(json.dumps({"id": cid, "status": "ok", "params": params, "grids": [grid],
+                                                       "grid_axes": {grid: list(params)}, "grid_file": "g.yaml", "page": "x",
+                                                       "page_shipped": False}))
+    monkeypatch.setattr(store, "MAX_HOLES", 1)  # each axis: 2 values and "not set" -> 3 x 3 x 3 for 6 cells
+    _refused(["collect", str(tmp_path)], capsys, tmp_path, "span sub-grids a, b, c; merged they would make a grid of 27 combinations")
+    assert main(["collect", str(tmp_path), "--grid", "b"]) == 0 and (tmp_path / "collected-b.nc").exists()
+
+
 def _mount_tmpfs(where: Path, options: str) -> bool:
     if os.geteuid() != 0:
         return False
