@@ -222,9 +222,10 @@ def test_collect_of_unrelated_sub_grids_at_once(tmp_path, capsys, monkeypatch):
     one line, naming the sub-grids, before allocating; --grid collects one of them."""
     import json
 
+    from test_store_ship import cell_dataset
+
     import fmstudy.store as store
     from fmstudy.results import write_netcdf
-    from test_store_ship import cell_dataset
 
     cells = tmp_path / "cells"
     cells.mkdir()
