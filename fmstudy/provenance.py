@@ -37,10 +37,12 @@ def _git(folder: Path, *args: str) -> str:
 def code_state(folder: str | os.PathLike = ROOT) -> dict[str, Any]:
     """The checkout ``folder`` (default: the one this fmstudy is imported from) as a cell's record
     stores it: ``commit`` (empty when not a git checkout) and ``uncommitted_changes`` (tracked
-    files only). Cached: a grid run asks once per cell, the answer does not change meanwhile."""
+    files only, outside ``results/`` and ``book/runs/``, which the grid itself writes). Cached: a grid run asks once per cell, the answer does not change meanwhile."""
     folder = Path(folder).resolve()
     sha = _git(folder, "rev-parse", "HEAD")
-    return {"commit": sha, "uncommitted_changes": bool(sha) and bool(_git(folder, "status", "--porcelain", "--untracked-files=no"))}
+    # the results and pages a grid writes (runs.jsonl is tracked) are not the code: left out
+    changed = _git(folder, "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results", ":(exclude)book/runs")
+    return {"commit": sha, "uncommitted_changes": bool(sha) and bool(changed)}
 
 
 def file_sha256(path: str | os.PathLike) -> str:

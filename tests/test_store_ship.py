@@ -380,3 +380,26 @@ def test_file_attrs_reads_a_cells_attributes_as_xarray_does(tmp_path):
     assert file_attrs(tmp_path / "none.nc", ["device"]) is None
     (tmp_path / "text.nc").write_text("not HDF5")
     assert file_attrs(tmp_path / "text.nc", ["device"]) is None
+
+
+def test_code_state_ignores_what_the_grid_writes(tmp_path):
+    if shutil.which("git") is None:
+        pytest.skip("needs git")
+    from fmstudy.provenance import code_state
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                       env={"GIT_AUTHOR_NAME": "x", "GIT_AUTHOR_EMAIL": "x@x", "GIT_COMMITTER_NAME": "x", "GIT_COMMITTER_EMAIL": "x@x",
+                            "PATH": "/usr/bin:/bin"})
+
+    (tmp_path / "results" / "p").mkdir(parents=True)
+    (tmp_path / "results" / "p" / "runs.jsonl").write_text("{}\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "c")
+    (tmp_path / "results" / "p" / "runs.jsonl").write_text("{}\n{}\n")  # a grid run appends its line
+    assert code_state(str(tmp_path))["uncommitted_changes"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    code_state.cache_clear()
+    assert code_state(str(tmp_path))["uncommitted_changes"] is True
