@@ -38,8 +38,7 @@ _PER_SAMPLE = ("t", "loss", "grad_norm", "grad_sq_adam")
 
 def _table_based(s: TimeSampler) -> bool:
     """Whether ``s`` draws by the base class's table inversion (then it can be batched)."""
-    cls = type(s)
-    return cls.sample is TimeSampler.sample and cls._invert is TimeSampler._invert
+    return type(s).sample is TimeSampler.sample and type(s)._invert is TimeSampler._invert
 
 
 def _kind(s: TimeSampler) -> str:
@@ -77,12 +76,13 @@ class MemberSamplers:
         per_member = lambda f: torch.tensor([f(s) for s, g in zip(self._samplers, self.groups) for _ in g], device=device)  # noqa: E731
         order = torch.tensor([i for g in self.groups for i in g], device=device)
         scatter = lambda x: torch.empty_like(x).index_copy_(0, order, x)  # noqa: E731
-        self._stratified = scatter(per_member(lambda s: s.stratified))[:, None]
-        self._reweight = scatter(per_member(lambda s: s.reweight))[:, None]
-        self._any_stratified, self._all_reweight = bool(self._stratified.any()), bool(self._reweight.all())
-        self._tables: tuple[Tensor, Tensor, Tensor] | None = None
-        self._last: tuple[int, Tensor] | None = None
+        self._stratified, self._reweight = (scatter(per_member(lambda s, k=k: getattr(s, k)))[:, None] for k in ("stratified", "reweight"))
+        self._strata, self._all_reweight = int(self._stratified.sum()), bool(self._reweight.all())  # stratified members
+        self._one = torch.ones((), dtype=torch.float64, device=device)  # a non-reweighting member's weight
+        self._tables: tuple[Tensor, Tensor, Tensor, Tensor] | None = None  # edges, cell widths, cdf, G_i
+        self._made: dict[str, tuple] = dict.fromkeys(("last", "edges", "strata"), (None,))  # made once, tagged by what they depend on
         self._edges: list[Tensor] = []  # each unit's edges in the tables, to see that they still hold
+        self._rows: list[Tensor] = []  # each unit's columns of a table shared by several units
         self._stale: set[int] = set()  # units updated since the tables were built
 
     def _units(self, make: Callable[[int, list[int]], TimeSampler] | None) -> list[_Unit]:
@@ -123,19 +123,20 @@ class MemberSamplers:
     def adaptive(self) -> bool:
         return any(s.adaptive for s in self._samplers)
 
-    def _build_tables(self) -> tuple[Tensor, Tensor, Tensor]:
+    def _build_tables(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         tables = [unit.sampler.table() for unit in self.units]
         self._edges, self._stale = [e for e, _ in tables], set()
-        width = max(e.numel() for e, _ in tables)
-        m = self.n_members
-        if self._last is None or self._last[0] != width:  # each member's last cell's right end, G_i
+        width, m = max(e.numel() for e, _ in tables), self.n_members
+        if self._made["last"][0] != width:  # each member's last cell's right end, G_i
             last = torch.empty(m, 1, dtype=torch.int64, device=self.device)
             for (e, _), unit in zip(tables, self.units):
                 last.index_fill_(0, unit.index, e.numel() - 1)
-            self._last = (width, last)
+            self._made["last"] = (width, last)
         if len(tables) == 1 and self.units[0].whole:  # one unit: its own table, no copies
-            e, c = tables[0]
-            return e.expand(m, width), c if c.shape[0] == m else c.expand(m, width).contiguous(), self._last[1]
+            (e, c), made = tables[0], self._made["edges"]
+            if made[0] is not e:  # its edges do not move: expanded, and their widths, made once
+                made = self._made["edges"] = (e, e.expand(m, width), (e[1:] - e[:-1]).expand(m, width - 1))
+            return *made[1:], c if c.shape[0] == m else c.expand(m, width).contiguous(), self._made["last"][1]
         edges = torch.empty(m, width, dtype=torch.float64, device=self.device)
         cdf = torch.full((m, width), torch.inf, dtype=torch.float64, device=self.device)
         for (e, c), unit in zip(tables, self.units):
@@ -143,7 +144,8 @@ class MemberSamplers:
             edges[idx, :n] = e.expand(k, n)
             edges[idx, n:] = e[-1]
             cdf[idx, :n] = c.expand(k, n)
-        return edges, cdf, self._last[1]
+        self._rows = [cdf[:, : e.numel()] for e, _ in tables]
+        return edges, edges[:, 1:] - edges[:, :-1], cdf, self._made["last"][1]
 
     def sample_from(self, u: Tensor, dtype: torch.dtype = torch.float32) -> TimeDraw:
         """Draws ``[M, B]`` from uniforms ``u`` (float64): each group's counter advances by one;
@@ -154,24 +156,26 @@ class MemberSamplers:
             self._tables = self._build_tables()
         elif self._stale:
             self._refresh()
-        edges, cdf, last = self._tables
+        edges, widths, cdf, last = self._tables
         for s in [*self._samplers, *(unit.sampler for unit in self.units if len(unit.groups) > 1)]:
             s.counter += 1
-        if self._any_stratified:
-            b = u.shape[1]
-            u = torch.where(self._stratified, (torch.arange(b, dtype=torch.float64, device=u.device) + u) / b, u)
+        if self._strata:  # (b + u) / B in the b-th of B cells; (0 + u) / 1 = u for the other members
+            if self._made["strata"][0] != u.shape[1]:  # b (0 off the strata) and B (1 off), made once per B
+                b = torch.arange(u.shape[1], dtype=torch.float64, device=u.device)
+                self._made["strata"] = (u.shape[1], b * self._stratified, self._stratified.to(b.dtype) * (u.shape[1] - 1.0) + 1.0)
+        u = (self._made["strata"][1] + u) / self._made["strata"][2] if self._strata else u.contiguous()
         # Every table starts at C_0 = 0 < u, so the cell index is >= 0 without a clamp; the
         # cell's right end j = min(searchsorted, G_i) is i + 1 with i = min(searchsorted - 1, G_i - 1).
         j = torch.minimum(torch.searchsorted(cdf, u, right=True), last)
         i = j - 1
         c0, c1 = cdf.gather(1, i), cdf.gather(1, j)
-        e0, e1 = edges.gather(1, i), edges.gather(1, j)
-        dc, de = c1 - c0, e1 - e0
+        e0, de = edges.gather(1, i), widths.gather(1, i)  # widths[i] = e_{i+1} - e_i, computed when built
+        dc = c1 - c0
         frac = ((u - c0) / dc).clamp(0, 1)
         t, q = e0 + frac * de, dc / de
         w = torch.reciprocal((self.hi - self.lo) * q)  # torch's 1.0 / x is reciprocal(x) * 1.0: the same number
         if not self._all_reweight:
-            w = torch.where(self._reweight, w, 1.0)
+            w = torch.where(self._reweight, w, self._one)
         return TimeDraw(t.to(dtype), w.to(dtype), q)  # q in float64: the step does not read it, so no cast
 
     def _refresh(self) -> None:
@@ -180,15 +184,13 @@ class MemberSamplers:
         if len(self.units) == 1 and self.units[0].whole:  # the tables are the unit's own: take the new ones
             self._tables = self._build_tables()
             return
-        cdf, width = self._tables[1], self._tables[1].shape[1]
         for u in sorted(self._stale):
             unit = self.units[u]
             e, c = unit.sampler.table()
             if e is not self._edges[u]:
                 self._tables = self._build_tables()
                 return
-            c = c if c.shape[0] == len(unit.index) else c.expand(len(unit.index), -1)
-            (cdf if e.numel() == width else cdf[:, : e.numel()]).index_copy_(0, unit.index, c)
+            self._rows[u].index_copy_(0, unit.index, c if c.shape[0] == len(unit.index) else c.expand(len(unit.index), -1))
         self._stale = set()
 
     def _sample_each(self, batch: int, dtype: torch.dtype) -> TimeDraw:
@@ -213,8 +215,7 @@ class MemberSamplers:
         for u, unit in enumerate(self.units):
             s = unit.sampler
             wants = any(r in _PER_SAMPLE for r in s.requires) if per_sample else any(r.startswith("bin_") for r in s.requires)
-            # Feedback that carries none of the sampler's signals (times alone) changes nothing
-            # it holds: an update with it would recompute the same proposal.
+            # Feedback with none of the sampler's signals (times alone) would recompute the same proposal: skipped
             signals = any(r != "t" and getattr(feedback, r, None) is not None for r in s.requires)
             flags = {True} if only is None else {bool(only[g]) for g in unit.groups}
             if len(flags) > 1:
@@ -242,8 +243,7 @@ class MemberSamplers:
             n, mine = len(self.groups[g]), self._samplers[g]._state()
             for key, big in unit.sampler._state().items():
                 rows = big.narrow(next(i for i, (a, b) in enumerate(zip(big.shape, mine[key].shape)) if a != b), at, n)
-                source, target = (rows, mine[key]) if to_groups else (mine[key], rows)
-                target.copy_(source)
+                mine[key].copy_(rows) if to_groups else rows.copy_(mine[key])
             at += n
 
     # -- records and resume ------------------------------------------------------------------

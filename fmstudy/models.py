@@ -17,9 +17,11 @@ member exactly as on a separate model.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +29,8 @@ from torch import Tensor, nn
 
 from .checks import check_float, check_int
 
-__all__ = [
-    "MLPConfig",
-    "VelocityEnsemble",
-    "VelocityMLP",
-    "adam_preconditioner",
-    "per_sample_grad_sq",
-    "per_sample_grad_sq_adam",
-    "time_embedding",
-]
+__all__ = ["MLPConfig", "VelocityEnsemble", "VelocityMLP", "adam_preconditioner", "per_sample_grad_sq", "per_sample_grad_sq_adam",
+           "time_embedding"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +55,14 @@ class MLPConfig:
         return self.dim + 1 + 2 * self.n_freqs
 
 
+@functools.lru_cache(maxsize=None)
+def _frequencies(n_freqs: int, max_freq: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``w_j`` of (M.2), ``[K]`` in ``dtype``: made once (the same numbers at every call), an
+    ordinary tensor even if first asked for under inference_mode."""
+    with torch.inference_mode(False):
+        return float(max_freq) ** (torch.arange(n_freqs, dtype=dtype, device=device) / max(n_freqs - 1, 1))
+
+
 def time_embedding(t: Tensor | float, n_freqs: int, max_freq: float) -> Tensor:
     """Fourier features of time, (M.1)-(M.2):
 
@@ -72,19 +75,12 @@ def time_embedding(t: Tensor | float, n_freqs: int, max_freq: float) -> Tensor:
     t = torch.as_tensor(t)
     if not t.is_floating_point():
         t = t.to(torch.get_default_dtype())
-    exps = torch.arange(n_freqs, dtype=t.dtype, device=t.device) / max(n_freqs - 1, 1)
-    freqs = float(max_freq) ** exps
-    angles = t.unsqueeze(-1) * freqs
+    angles = t.unsqueeze(-1) * _frequencies(n_freqs, max_freq, t.dtype, t.device)
     return torch.cat([t.unsqueeze(-1), torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
 def _shape_error(what: str, got: tuple[int, ...], allowed: str) -> ValueError:
     return ValueError(f"{what} has shape {list(got)}, which is not allowed: {allowed}")
-
-
-def _uniform_(tensor: Tensor, bound: float, generator: torch.Generator) -> None:
-    with torch.no_grad():
-        tensor.uniform_(-bound, bound, generator=generator)
 
 
 class VelocityMLP(nn.Module):
@@ -100,19 +96,17 @@ class VelocityMLP(nn.Module):
         super().__init__()
         self.config = config
         widths = [config.in_features] + [config.hidden] * config.depth + [config.dim]
-        self.layers = nn.ModuleList(
-            nn.utils.skip_init(nn.Linear, fan_in, fan_out)
-            for fan_in, fan_out in zip(widths[:-1], widths[1:])
-        )
+        self.layers = nn.ModuleList(nn.utils.skip_init(nn.Linear, fan_in, fan_out) for fan_in, fan_out in zip(widths[:-1], widths[1:]))
         if seed is None:
             for layer in self.layers:
                 layer.reset_parameters()
         else:
             gen = torch.Generator().manual_seed(int(seed))
-            for layer in self.layers:
-                bound = 1.0 / math.sqrt(layer.in_features)
-                _uniform_(layer.weight, bound, gen)
-                _uniform_(layer.bias, bound, gen)
+            with torch.no_grad():
+                for layer in self.layers:
+                    bound = 1.0 / math.sqrt(layer.in_features)
+                    layer.weight.uniform_(-bound, bound, generator=gen)
+                    layer.bias.uniform_(-bound, bound, generator=gen)
 
     def forward(self, x: Tensor, t: Tensor | float) -> Tensor:
         """Velocity at ``x`` (shape [..., N, d]) and ``t`` (broadcastable to
@@ -126,11 +120,7 @@ class VelocityMLP(nn.Module):
         except RuntimeError:
             ok = False
         if not ok:
-            raise _shape_error(
-                "t", tuple(t.shape),
-                f"t must broadcast to x.shape[:-1]={list(x.shape[:-1])} "
-                f"(x has shape {list(x.shape)})",
-            )
+            raise _shape_error("t", tuple(t.shape), f"t must broadcast to x.shape[:-1]={list(x.shape[:-1])} (x has shape {list(x.shape)})")
         cfg = self.config
         emb = time_embedding(t.expand(x.shape[:-1]), cfg.n_freqs, cfg.max_freq)
         h = torch.cat([x, emb], dim=-1)
@@ -165,10 +155,7 @@ class VelocityEnsemble(nn.Module):
             raise ValueError("models=[] is not allowed: an ensemble needs at least one model")
         configs = {m.config for m in models}
         if len(configs) != 1:
-            raise ValueError(
-                f"models have {len(configs)} different configs, which is not allowed: "
-                "all members must share one MLPConfig"
-            )
+            raise ValueError(f"models have {len(configs)} different configs, which is not allowed: all members must share one MLPConfig")
         ens = cls.__new__(cls)
         nn.Module.__init__(ens)
         ens._load(models)
@@ -176,17 +163,11 @@ class VelocityEnsemble(nn.Module):
 
     def _load(self, models: list[VelocityMLP]) -> None:
         self.config = models[0].config
-        n_layers = len(models[0].layers)
+        n = len(models[0].layers)
         with torch.no_grad():
             # nn.Linear stores [out, in]; the ensemble stores [M, in, out] for baddbmm.
-            self.weights = nn.ParameterList(
-                nn.Parameter(torch.stack([m.layers[k].weight.detach().T for m in models]))
-                for k in range(n_layers)
-            )
-            self.biases = nn.ParameterList(
-                nn.Parameter(torch.stack([m.layers[k].bias.detach() for m in models]))
-                for k in range(n_layers)
-            )
+            self.weights = nn.ParameterList(nn.Parameter(torch.stack([m.layers[k].weight.detach().T for m in models])) for k in range(n))
+            self.biases = nn.ParameterList(nn.Parameter(torch.stack([m.layers[k].bias.detach() for m in models])) for k in range(n))
 
     @property
     def n_members(self) -> int:
@@ -206,14 +187,15 @@ class VelocityEnsemble(nn.Module):
                 layer.bias.copy_(b[i])
         return model
 
-    def forward(self, x: Tensor, t: Tensor | float, trace: list[tuple[Tensor, Tensor]] | None = None) -> Tensor:
-        """Velocities of all members. ``x``: [M, N, d] (one batch per member) or [N, d]
-        (shared batch); ``t``: [M, N], [N] (or anything broadcastable to [M, N]).
-        Returns [M, N, d].
+    def forward(self, x: Tensor, t: Tensor | float, trace: list[tuple[Tensor, Tensor]] | None = None, retain: bool = True) -> Tensor:
+        """Velocities of all members. ``x``: [M, N, d] (one batch per member) or [N, d] (shared batch);
+        ``t``: [M, N], [N] (or anything broadcastable to [M, N]). Returns [M, N, d].
 
         With a list ``trace``, each layer appends ``(input, pre-activation)`` and the
         pre-activation keeps its gradient, so that after a backward pass the exact per-sample
-        gradient norms are available without another pass (:func:`per_sample_grad_sq`)."""
+        gradient norms are available without another pass (:func:`per_sample_grad_sq`).
+        ``retain=False`` is for a caller that takes the pre-activations' gradients itself (``torch.autograd.grad``)
+        and reads the inputs under ``no_grad``: no retained gradient (a copy a layer), no detached input (a view)."""
         m, d = self.n_members, self.config.dim
         if x.dim() not in (2, 3) or x.shape[-1] != d or (x.dim() == 3 and x.shape[0] != m):
             raise _shape_error("x", tuple(x.shape), f"x must have shape [{m}, N, {d}] or [N, {d}]")
@@ -226,71 +208,90 @@ class VelocityEnsemble(nn.Module):
         if not ok:
             raise _shape_error("t", tuple(t.shape), f"t must have shape [{m}, {n}] or [{n}]")
         cfg = self.config
-        x = x.expand(m, n, d)
-        emb = time_embedding(t.expand(m, n), cfg.n_freqs, cfg.max_freq)
-        h = torch.cat([x, emb], dim=-1)
+        x, t = x if x.dim() == 3 else x.expand(m, n, d), t if t.shape == (m, n) else t.expand(m, n)
+        tu = t.unsqueeze(-1)
+        angles = tu * _frequencies(cfg.n_freqs, cfg.max_freq, t.dtype, t.device)
+        h = torch.cat([x, tu, torch.sin(angles), torch.cos(angles)], dim=-1)  # (M.3): concat(x, e(t)) in one copy
         last = len(self.weights) - 1
         for k, (w, b) in enumerate(zip(self.weights, self.biases)):
             pre = torch.baddbmm(b.unsqueeze(1), h, w)
             if trace is not None and pre.requires_grad:
-                pre.retain_grad()
-                trace.append((h.detach(), pre))
+                if retain:
+                    pre.retain_grad()
+                trace.append((h.detach() if retain else h, pre))
             h = F.silu(pre) if k < last else pre
         return h
 
 
 def _deltas(trace: list[tuple[Tensor, Tensor]], deltas: Sequence[Tensor] | None) -> list[Tensor]:
-    if deltas is not None:
-        if len(deltas) != len(trace):
-            raise ValueError(f"{len(deltas)} deltas for {len(trace)} traced layers are not allowed: give one per layer")
-        return list(deltas)
-    return [pre.grad for _, pre in trace]
+    if deltas is not None and len(deltas) != len(trace):
+        raise ValueError(f"{len(deltas)} deltas for {len(trace)} traced layers are not allowed: give one per layer")
+    return [pre.grad for _, pre in trace] if deltas is None else list(deltas)
+
+
+def _alike(keys: Sequence[Any]) -> list[list[int]]:
+    """The positions of equal keys, grouped, in order of first appearance."""
+    at: dict[Any, list[int]] = {}
+    for i, key in enumerate(keys):
+        at.setdefault(key, []).append(i)
+    return list(at.values())
+
+
+def _squares(xs: Sequence[Tensor], index: Tensor | slice | None = None, rows: bool = False) -> list[Tensor]:
+    """``x[:, index] ** 2`` for each x (its row sums ``sum(-1)`` with ``rows``). Tensors of one
+    shape are stacked and sliced, squared and summed as one: elementwise work, and rows reduced
+    each on its own, so the numbers of one by one in fewer operators."""
+    out = list(xs)
+    for at in _alike([x.shape for x in xs]):
+        x = torch.stack([xs[i] for i in at]) if len(at) > 1 else xs[at[0]]
+        x = (x if index is None else x[..., index, :]).pow(2)
+        x = x.sum(-1) if rows else x
+        for i, y in zip(at, x.unbind() if len(at) > 1 else [x]):
+            out[i] = y
+    return out
 
 
 def per_sample_grad_sq(trace: list[tuple[Tensor, Tensor]], deltas: Sequence[Tensor] | None = None) -> Tensor:
     """Squared norm of each sample's share of the parameter gradient, ``[M, N]``.
 
-    Sample n enters layer l once, so its share of the weight gradient is the outer product
-    ``a_n delta_n^T`` (input times the gradient of the pre-activation) and of the bias
-    ``delta_n``; hence ``||g_n||^2 = sum_l (||a_n||^2 + 1) ||delta_n||^2`` exactly. Call after
-    ``backward`` on a loss that was traced by ``VelocityEnsemble.forward(..., trace=...)``, or
-    pass the pre-activation gradients ``deltas`` (e.g. from ``torch.autograd.grad``).
-    """
-    total = None
-    for (a, _), delta in zip(trace, _deltas(trace, deltas)):
-        part = (a.pow(2).sum(-1) + 1) * delta.pow(2).sum(-1)
-        total = part if total is None else total + part
-    return total
+    Sample n enters layer l once, so its share of the weight gradient is the outer product ``a_n delta_n^T``
+    (input times the gradient of the pre-activation) and of the bias ``delta_n``; hence
+    ``||g_n||^2 = sum_l (||a_n||^2 + 1) ||delta_n||^2`` exactly (layers added in order). Call after ``backward``
+    on a loss that was traced by ``VelocityEnsemble.forward(..., trace=...)``, or pass the pre-activation
+    gradients ``deltas`` (e.g. from ``torch.autograd.grad``)."""
+    sums = _squares([a for a, _ in trace] + _deltas(trace, deltas), rows=True)
+    return functools.reduce(torch.add, [(a + 1) * d for a, d in zip(sums[: len(trace)], sums[len(trace) :])])
 
 
-def per_sample_grad_sq_adam(
-    trace: list[tuple[Tensor, Tensor]],
-    precond: tuple[Sequence[Tensor], Sequence[Tensor]],
-    deltas: Sequence[Tensor] | None = None,
-    index: Tensor | None = None,
-) -> Tensor:
+def per_sample_grad_sq_adam(trace: list[tuple[Tensor, Tensor]], precond: tuple[Sequence[Tensor], Sequence[Tensor]],
+                            deltas: Sequence[Tensor] | None = None, index: Tensor | slice | None = None) -> Tensor:
     """Each sample's squared gradient norm in a diagonal metric, ``g_n^T P g_n``, ``[M, N]``.
 
-    With the weight gradient ``a_n delta_n^T`` and a diagonal ``P`` (``P_W [M, in, out]`` per
-    weight, ``P_b [M, out]`` per bias, as from :func:`adam_preconditioner`),
+    With the weight gradient ``a_n delta_n^T`` and a diagonal ``P`` (``P_W [M, in, out]`` per weight, ``P_b [M, out]``
+    per bias, as from :func:`adam_preconditioner`, or ``P_b`` already broadcast to ``[M, n, out]``),
 
         g_n^T P g_n = sum_l (a_n^2)^T P_W (delta_n^2) + (delta_n^2)^T P_b,
 
-    one batched matrix product per layer (the cost of a forward pass), exact. Same trace and
-    ``deltas`` as :func:`per_sample_grad_sq`. ``index`` (sample positions ``[n]``) restricts
-    the work to those samples and returns ``[M, n]``: the cost falls by N/n.
-    """
+    one batched matrix product per layer (the cost of a forward pass), exact: per layer the two sums over
+    ``out``, each row on its own, then added; the layers added in order. The layers of one width do it as one
+    product ``[X_l; P_b] * delta^2`` (``X_l = a^2 P_W``), summed over ``out`` and then over the pair (two
+    numbers: their sum). Same trace and ``deltas`` as :func:`per_sample_grad_sq`. ``index`` (sample positions
+    ``[n]``, or a slice) restricts the work to those samples and returns ``[M, n]``: the cost falls by N/n."""
     p_w, p_b = precond
     if len(p_w) != len(trace) or len(p_b) != len(trace):
         raise ValueError(f"a preconditioner for {len(p_w)} layers is not allowed: the trace has {len(trace)}")
-    total = None
-    for (a, _), delta, pw, pb in zip(trace, _deltas(trace, deltas), p_w, p_b):
-        if index is not None:
-            a, delta = a[:, index], delta[:, index]
-        d2 = delta.pow(2)
-        part = (torch.bmm(a.pow(2).to(pw.dtype), pw).to(d2.dtype) * d2).sum(-1) + (d2 * pb[:, None, :].to(d2.dtype)).sum(-1)
-        total = part if total is None else total + part
-    return total
+    sq = _squares([a for a, _ in trace] + _deltas(trace, deltas), index)
+    a2, d2 = sq[: len(trace)], sq[len(trace) :]
+    parts = list(d2)
+    for at in _alike([d.shape[-1] for d in d2]):
+        xs = [torch.bmm(a2[k].to(p_w[k].dtype), p_w[k]).to(d2[k].dtype) for k in at]
+        pbs = [(p_b[k] if p_b[k].dim() == 3 else p_b[k][:, None, :].expand_as(d2[k])).to(d2[k].dtype) for k in at]
+        pair = torch.stack(xs + pbs)  # [2, M, n, out] for one layer, else viewed as [2, layers, M, n, out]
+        pair, d = (pair, d2[at[0]]) if len(at) == 1 else (pair.view(2, len(at), *d2[at[0]].shape), torch.stack([d2[k] for k in at]))
+        part = (pair * d).sum(-1).sum(0)
+        for k, y in zip(at, part.unbind() if len(at) > 1 else [part]):
+            parts[k] = y
+    return functools.reduce(torch.add, parts)
 
 
 def adam_preconditioner(optimizer: torch.optim.Optimizer, model: VelocityEnsemble) -> tuple[list[Tensor], list[Tensor]]:
@@ -308,9 +309,8 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, model: VelocityEnsembl
         if id(param) not in groups or "exp_avg_sq" not in state:
             raise ValueError("optimizer state without exp_avg_sq is not allowed: take one Adam step before reading its preconditioner")
         group = groups[id(param)]
-        step = float(state["step"])
         v = state["max_exp_avg_sq"] if group.get("amsgrad", False) else state["exp_avg_sq"]
-        v_hat = v / (1 - group["betas"][1] ** step)
+        v_hat = v / (1 - group["betas"][1] ** float(state["step"]))
         return 1.0 / (v_hat.sqrt() + group["eps"])
 
     return [one(w) for w in model.weights], [one(b) for b in model.biases]

@@ -22,12 +22,13 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .models import per_sample_grad_sq, per_sample_grad_sq_adam
 from .rng import Request, Served, StepDraws
 from .run_state import RunState
-from .samplers import Feedback
+from .samplers import Feedback, TimeDraw
 from .signals import measure_bins
 
 __all__ = ["TrainStep", "StepOutput"]
@@ -65,6 +66,10 @@ class TrainStep:
         self.wants_adam_norm = "grad_sq_adam" in run.samplers.requires
         self.last: StepOutput | None = None
         self._seed: Tensor | None = None  # d sum_i L_i / d L_i: ones, made once
+        self._alive: tuple[Tensor, Tensor] | None = None  # (run.alive, its column view)
+        self._x0_eps: tuple[Tensor, ...] | None = None  # float32 buffers of x0 and eps, and their [M, B d] views
+        self._zero = torch.zeros((), dtype=run.flat.grad.dtype, device=run.device)  # a frozen member's gradient
+        self._pb: tuple[list[Tensor], int, list[Tensor]] | None = None  # (P_b views, n, broadcast views)
         self._clip = torch.tensor(cfg.grad_clip, dtype=torch.float32, device=run.device)  # the clipping norm c
 
     def _factors(self, step: int) -> tuple[float, float]:
@@ -83,13 +88,14 @@ class TrainStep:
             raise ValueError(f"sampler counters {counters} are not allowed: they must equal the step {s}")
         u_time, u_data, z_data, z_source, z_noise = self.draws.draw(s, dev)
         x1 = run.bench.sample_members(Served(m, s, uniform=u_data, normal=z_data), s, b, dev)
-        x0 = z_source.to(torch.float32).reshape(m, b, d)
-        eps = z_noise.to(torch.float32).reshape(m, b, d)
-        draw = run.samplers.sample_from(u_time.contiguous())
+        x0, eps = self._normals(z_source, z_noise, (m, b, d))
+        draw = run.samplers.sample_from(u_time)  # a column block of the draws: sample_from makes it contiguous
         ps = run.path.sample(x0, x1, draw.t, eps, check=False)
         target = run.path.rb_target(x1, ps.xt, draw.t) if cfg.target == "rb" else ps.ut
         trace: list | None = [] if self.wants_grad_norm or self.wants_adam_norm else None
-        per_sample = ((run.model(ps.xt, draw.t, trace=trace) - target) ** 2).mean(-1)  # [M, B]
+        # The trace's gradients come from autograd.grad (_backward): none retained, no inputs detached.
+        # mse_loss is (v - y)^2 and its backward 2 (v - y) g, the numbers of ** 2 and its backward, in one operator each.
+        per_sample = F.mse_loss(run.model(ps.xt, draw.t, trace=trace, retain=False), target, reduction="none").mean(-1)  # [M, B]
         if run.weighting is None:
             member_loss = (draw.weight * per_sample).mean(1)
         else:
@@ -97,7 +103,7 @@ class TrainStep:
         plain = per_sample.detach()
         with torch.no_grad():  # records, outside the graph: no detached copies to make
             run.train_loss[:, s] = member_loss
-            run.train_loss_unweighted[:, s] = plain.mean(1)
+            torch.mean(plain, 1, out=run.train_loss_unweighted[:, s])  # written in place: no copy
 
         # Freezing is decided on the device, with no host synchronisation: a frozen member's
         # gradient is zeroed (it may be NaN) and its Adam step is zero.
@@ -107,12 +113,11 @@ class TrainStep:
         run.diverged_step = run.diverged_step.masked_fill(run.alive > ok, s)
         run.alive &= ok
 
-        flat = run.flat
-        flat.seat_grads()
+        flat = run.flat  # its gradient buffer is written by _backward, not by accumulation into .grad
         # Adam's metric as it stands before this step's update (read from its state: bit-exact on resume)
         precond = run.precond(scratch=True) if self.wants_adam_norm else None
         deltas = self._backward(member_loss, trace)
-        flat.grad.masked_fill_(~run.alive[:, None], 0.0)
+        torch.where(self._column(run.alive), flat.grad, self._zero, out=flat.grad)  # a frozen member's rows: 0
         if cfg.grad_clip > 0:
             # ||g_i|| over member i's row of the flat gradient, one operator whatever the number
             # of layers; a row is reduced by one thread on its own (torch's last-dimension norm),
@@ -126,17 +131,51 @@ class TrainStep:
 
         self.last = StepOutput(draw.t, draw.weight, plain)
         if run.samplers.adaptive:
-            grad_norm = None
-            if self.wants_grad_norm:  # d L / d l_b = w_b / B: undo it to get grad of l_b itself
-                grad_norm = per_sample_grad_sq(trace, deltas).sqrt() * b / draw.weight
-            run.samplers.update(Feedback(t=draw.t, loss=plain, grad_norm=grad_norm), per_sample=True)
-            if precond is not None:  # every norm_stride-th sample, a rotating subset; d L / d l_b = w_b / B undone
-                idx = torch.arange(s % cfg.norm_stride, b, cfg.norm_stride, device=dev)
-                sq = per_sample_grad_sq_adam(trace, precond, deltas, index=idx) * (b / draw.weight.index_select(1, idx)) ** 2
-                run.samplers.update(Feedback(t=draw.t.index_select(1, idx), grad_sq_adam=sq), per_sample=True)
+            with torch.no_grad():  # the traced inputs are not detached (retain=False): nothing here is recorded
+                self._feed(draw, plain, trace, deltas, precond)
             if (s + 1) % cfg.feedback_every == 0:
                 self.bin_feedback()
         run.step += 1
+
+    def _normals(self, z_source: Tensor, z_noise: Tensor, shape: tuple[int, int, int]) -> tuple[Tensor, Tensor]:
+        """The source and bridge-noise normals in float32, ``[M, B, d]``: cast into two buffers made
+        once (one copy each; the step keeps neither past its own use, so the next step may overwrite)."""
+        if self._x0_eps is None or self._x0_eps[0].shape != shape:
+            bufs = [torch.empty(shape, dtype=torch.float32, device=z_source.device) for _ in range(2)]
+            self._x0_eps = (*bufs, *(x.view(shape[0], -1) for x in bufs))
+        x0, eps, x0_rows, eps_rows = self._x0_eps
+        x0_rows.copy_(z_source)
+        eps_rows.copy_(z_noise)
+        return x0, eps
+
+    def _column(self, alive: Tensor) -> Tensor:
+        """``alive[:, None]``, a view made once per alive tensor (``alive &=`` keeps it; a load replaces it)."""
+        if self._alive is None or self._alive[0] is not alive:
+            self._alive = (alive, alive[:, None])
+        return self._alive[1]
+
+    def _feed(self, draw: TimeDraw, plain: Tensor, trace: list | None, deltas: list[Tensor] | None,
+              precond: tuple[list[Tensor], list[Tensor]] | None) -> None:
+        """The adaptive samplers' per-sample feedback: losses, and the per-sample gradient norms
+        of the unweighted losses (d L / d l_b = w_b / B undone) for the samplers that read them."""
+        run = self.run
+        cfg, s, b = run.config, run.step, run.config.batch_size
+        grad_norm = None
+        if self.wants_grad_norm:
+            grad_norm = per_sample_grad_sq(trace, deltas).sqrt() * b / draw.weight
+        run.samplers.update(Feedback(t=draw.t, loss=plain, grad_norm=grad_norm), per_sample=True)
+        if precond is not None:  # every norm_stride-th sample, a rotating subset
+            idx = slice(s % cfg.norm_stride, None, cfg.norm_stride)  # a view: the samples of arange(start, B, stride)
+            n = len(range(b)[idx])
+            sq = per_sample_grad_sq_adam(trace, self._wide(precond, n), deltas, index=idx) * (b / draw.weight[:, idx]) ** 2
+            run.samplers.update(Feedback(t=draw.t[:, idx], grad_sq_adam=sq), per_sample=True)
+
+    def _wide(self, precond: tuple[list[Tensor], list[Tensor]], n: int) -> tuple[list[Tensor], list[Tensor]]:
+        """``(P_W, P_b)`` with each ``P_b [M, out]`` broadcast to ``[M, n, out]``: views of the run's
+        scratch preconditioner (rewritten in place at each step), made once per n."""
+        if self._pb is None or self._pb[0] is not precond[1] or self._pb[1] != n:
+            self._pb = (precond[1], n, [p[:, None, :].expand(p.shape[0], n, p.shape[1]) for p in precond[1]])
+        return precond[0], self._pb[2]
 
     def _backward(self, member_loss: Tensor, trace: list | None) -> list[Tensor] | None:
         """Gradients of ``sum_i L_i`` written to the flat buffer (and to the weighting's

@@ -92,25 +92,37 @@ class VarOpt(_Binned):
         gamma = 1.0 - 1.0 / self.horizon
         # The forgetting factors of (n, n2, s1, s2), made once: Python floats, the same float64 numbers.
         self._decay = torch.tensor([gamma, gamma**2, gamma, gamma], dtype=torch.float64, device=self.device)[:, None, None]
-        self._huge = torch.full((), _HUGE, dtype=torch.float64, device=self.device)
+        # estimate's masked sums, one where and one sum over the bins: where a bin has enough data
+        # (1, 1, m, se2, se2), else (0, 0, 0, 0, huge), then minus (0, 1, 0, 0, 0), floored at (1, 1, -inf...)
+        f64 = dict(dtype=torch.float64, device=self.device)
+        self._fill = torch.tensor([0.0, 0.0, 0.0, 0.0, _HUGE], **f64)[:, None, None]
+        self._off = torch.tensor([0.0, 1.0, 0.0, 0.0, 0.0], **f64)[:, None, None]
+        self._lo = torch.tensor([1.0, 1.0, -torch.inf, -torch.inf, -torch.inf], **f64)[:, None, None]
+        self._ones = torch.ones(self.n_members, self.n_bins, **f64)
+        self._buffers: tuple[Tensor, ...] | None = None  # update's, made once per batch shape
 
     def estimate(self) -> Tensor:
-        """The shrunk second moments ``S_hat [M, K]`` (class docstring)."""
-        n, n2, s1, s2 = self.sums
-        zero = self._zero
+        """The shrunk second moments ``S_hat [M, K]`` (class docstring).
+
+        Alike operations on ``[M, K]`` tables go as one on a stack of them: elementwise, and
+        each row summed on its own, so the numbers of one table at a time. x - 0 = x, and a
+        floor of -inf leaves a number (NaN too) as it is."""
+        rows = torch.cat([self.sums, self.sums * self.sums])  # n, n2, s1, s2, and their squares
+        n, n2, _, s2, n_sq, _, _, _ = rows.unbind()
         have = n > 0
         nc = n.clamp(min=1e-300)  # a divisor; where n = 0 the quotient is not used
-        m = torch.where(have, s1 / nc, zero)
-        dof = n - n2 / nc
-        var = ((s2 - s1**2 / nc) / dof.clamp(min=1e-300)).clamp(min=0)
-        enough = have & (n**2 >= self.min_samples * n2)
-        se2 = torch.where(enough, var * n2 / nc**2, self._huge)
-        count = enough.sum(1, keepdim=True).clamp(min=1)
-        mu = torch.where(enough, m, zero).sum(1, keepdim=True) / count
+        _, n2_n, m, _, _, _, s1_sq_n, _ = (rows / nc).unbind()  # n2 / n, s1 / n, s1^2 / n
+        m = torch.where(have, m, self._zero)
+        var = ((s2 - s1_sq_n) / (n - n2_n).clamp(min=1e-300)).clamp(min=0)
+        enough = have & (n_sq >= self.min_samples * n2)
+        v = var * n2 / nc**2
+        cells = torch.where(enough, torch.stack([self._ones, self._ones, m, v, v]), self._fill)
+        se2 = cells.unbind()[4]
+        count, less, m_sum, se2_sum, _ = (cells.sum(-1, keepdim=True) - self._off).clamp(min=self._lo).unbind()
+        mu = m_sum / count  # count = max(#enough, 1), less = max(#enough - 1, 1)
         dev = m - mu
-        spread = torch.where(enough, dev**2, zero).sum(1, keepdim=True) / (count - 1).clamp(min=1)
-        mean_se2 = torch.where(enough, se2, zero).sum(1, keepdim=True) / count
-        tau2 = (spread - mean_se2).clamp(min=0)
+        spread = torch.where(enough, dev**2, self._zero).sum(1, keepdim=True) / less
+        tau2 = (spread - se2_sum / count).clamp(min=0)
         shrink = tau2 / (tau2 + se2).clamp(min=1e-300)
         return mu + shrink * dev
 
@@ -119,22 +131,36 @@ class VarOpt(_Binned):
         got = self._needs(feedback, mean_field)
         if got is not None:
             self.mean_sq = got[0].clamp(min=0)
-        got = self._needs(feedback, "t", field)
+        got = self._needs(feedback, "t") if getattr(feedback, field) is not None else None
         if got is not None:
-            t, x = got
-            if field == "grad_norm":
-                x = x**2
-            m, k = self.n_members, self.n_bins
-            key = (self._row + self.bin_of(t)).reshape(-1)
-            x = x.reshape(-1)
-            ones = torch.ones_like(x)
-            # The four rows' sums in one index_add_: each (row, key) cell still adds its values in batch order.
-            new = torch.zeros(4, m * k, dtype=torch.float64, device=self.device).index_add_(1, key, torch.stack([ones, ones, x, x * x]))
-            self.sums = self.sums * self._decay + new.view(4, m, k)
-        s_hat = self.estimate().clamp(min=0)
-        if self.neyman:
-            s_hat = (s_hat - self.mean_sq).clamp(min=0)
+            self._add(got[0], getattr(feedback, field))
+        s_hat = self.estimate()
+        # mean_sq >= 0 (clamped), so max(max(S, 0) - mean_sq, 0) = max(S - mean_sq, 0): one floor
+        s_hat = (s_hat - self.mean_sq).clamp(min=0) if self.neyman else s_hat.clamp(min=0)
         self._set_probs(s_hat.sqrt())
+
+    def _add(self, t: Tensor, x: Tensor) -> None:
+        """Forget, then add the batch's ``(1, 1, x, x^2)`` to the sums of each sample's (member, bin).
+
+        The rows to add and the keys live in buffers made once: x goes in as float64 (the cast
+        of a copy), x^2 is written there, and one index_add_ adds each (row, key) cell's values
+        in batch order onto zeros, as a fresh tensor would."""
+        if x.shape != t.shape:
+            field = _METRICS[self.metric][0]
+            raise ValueError(f"feedback {field} of shape {list(x.shape)} is not allowed: it must be {list(t.shape)}, as t")
+        m, k = self.n_members, self.n_bins
+        if self._buffers is None or self._buffers[4].shape != t.shape:
+            rows = torch.ones(4, t.numel(), dtype=torch.float64, device=self.device)
+            key, new = torch.empty(t.numel(), dtype=torch.int64, device=self.device), rows.new_empty(4, m * k)
+            self._buffers = (rows, rows[2].view(t.shape), rows[3].view(t.shape), key, key.view(t.shape), new, new.view(4, m, k))
+        rows, x1, x2, key, key2, new, new3 = self._buffers
+        torch.add(self._row, self.bin_of(t), out=key2)
+        x1.copy_(torch.as_tensor(x))
+        if self.metric == "euclid":  # the feedback is ||g_b||: its square
+            x1.pow_(2)
+        torch.mul(x1, x1, out=x2)
+        new.zero_().index_add_(1, key, rows)
+        self.sums = self.sums * self._decay + new3
 
     def _state(self) -> dict[str, Tensor]:
         return {"probs": self.probs, "sums": self.sums, "mean_sq": self.mean_sq}

@@ -330,8 +330,9 @@ def test_the_ensemble_adam_is_torch_adam_with_a_learning_rate_per_member():
     x, t = torch.randn(2, 32, 2, generator=g), torch.rand(2, 32, generator=g)
     for k in range(5):
         decay = 0.5 * (1 + math.cos(math.pi * k / 5))
-        flat.grad.zero_()
-        (model(x, t) ** 2).mean(-1).mean(1).sum().backward()
+        # the gradient written into the flat buffer as the engine writes it (fmstudy.step): autograd.grad, then a copy
+        for buffer, grad in zip(flat.grads, torch.autograd.grad((model(x, t) ** 2).mean(-1).mean(1).sum(), flat.params)):
+            buffer.copy_(grad)
         adam.step((1.0, decay), torch.ones(2, dtype=torch.bool))
         for i, (a, opt, lr) in enumerate(zip(alone, opts, lrs)):
             opt.zero_grad()
