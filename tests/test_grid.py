@@ -420,8 +420,11 @@ def test_ctrl_c_leaves_no_traceback_no_failed_page_and_resumes(tmp_path, jobs):
     """Ctrl-C in a terminal reaches the whole process group: the runner and, with --jobs, its workers."""
     path = write_grid(tmp_path, {"axes": {"sigma": [0.0, 1.0, 2.0]}, "fixed": {"sleep": 6.0}})  # long enough to be interrupted on a busy machine
     # one execution per cell: with packing (the default) the first record appears only when the whole pack is done
+    # as from a terminal: Ctrl-C not ignored, whatever the shell that started pytest (a background
+    # or nohup'ed `make test` inherits SIGINT ignored, and so would the grid, which then runs to its end)
     proc = subprocess.Popen([sys.executable, "-m", "fmstudy", "grid", str(path), "--quiet", "--jobs", str(jobs), "--pack-size", "1"], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cells = tmp_path / "results" / "cells"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cells.glob("*.json"))) < 1:
