@@ -21,7 +21,6 @@ from .cellrun import silence_teardown
 from .checks import check_int
 from .gridfile import Cell, Grid
 from .packrun import make_packs, pack_notebook, run_pack
-from .provenance import code_state
 from .store import GridError, is_finished
 
 __all__ = ["Summary", "default_pack_size", "plan_packs", "preflight", "run_grid"]
@@ -234,9 +233,6 @@ def run_grid(
         raise GridError(f"{grid.file}: results or pages folder cannot be created: {err.strerror}: {err.filename}") from None
     summary, tic = Summary(), time.perf_counter()
     todo = [c for c in grid.cells if force or not is_finished(grid.results, c.id, grid.pages)]
-    # the records' commit, asked of git once here (cached, and inherited by forked workers):
-    # never a git child process inside a cell, where a Ctrl-C could land in it
-    code_state()
     summary.skipped = len(grid.cells) - len(todo)
     packs = plan_packs(grid, todo, pack_size, executor, jobs)
     bar = tqdm(total=len(grid.cells), initial=summary.skipped, unit="cell", disable=not progress, desc=grid.file.name, file=sys.stderr)
