@@ -35,8 +35,9 @@ COMPARED = ("heldout_objective_ema", "integrated_excess_ema", "heldout_objective
 LAST_STEPS = 50  # the training losses compared: the last steps, where a drift would have grown
 
 
-def cheapest_cell(results: Path) -> dict | None:
-    """The record of the finished cell with the fewest steps x batch (ties: by id) among those run
+def cheapest_cell(results: Path, sampler: str | None = None, benchmark: str | None = None) -> dict | None:
+    """The record of the finished cell with the fewest steps x batch (ties: by id), of sampler
+    ``sampler`` and benchmark ``benchmark`` where given, among those run
     at a learning rate no seed diverged at and outside a stability sweep (whose rates are pushed
     to divergence: a chaotic trajectory would not reproduce to float32 rounding on another
     machine's summation order)."""
@@ -48,6 +49,9 @@ def cheapest_cell(results: Path) -> dict | None:
         if "stability" in rec.get("grids", []) or rec["params"].get("lr", 0) > 0.03:
             continue
         p = rec["params"]
+        name = p["sampler"] if isinstance(p["sampler"], str) else p["sampler"]["name"]
+        if (sampler and name != sampler) or (benchmark and p.get("benchmark", "gmm8") != benchmark):
+            continue
         cost = p["steps"] * p["batch_size"]
         if best is None or cost < best[0]:
             best = (cost, rec)
@@ -85,12 +89,15 @@ def check_cell(results: Path, rec: dict) -> None:
     compare(stored, rerun_member(rec, seed), seed)
 
 
-def test_a_shipped_member_reruns_to_float32_rounding():
+# the cheapest cell of all; var_opt's (it reads the per-sample gradient norms in Adam's metric,
+# fmstudy.models); oracle_qstar's (probe feedback); and a real-data cell (the larger MLP)
+@pytest.mark.parametrize("sampler, benchmark", [(None, None), ("var_opt", None), ("oracle_qstar", None), ("var_opt", "digits")])
+def test_a_shipped_member_reruns_to_float32_rounding(sampler, benchmark):
     if not (SHIPPED / "cells").is_dir():
         pytest.skip(f"no shipped results in {SHIPPED} (the paper profile's results are committed under results/paper)")
-    rec = cheapest_cell(SHIPPED)
+    rec = cheapest_cell(SHIPPED, sampler, benchmark)
     if rec is None:
-        pytest.skip(f"{SHIPPED} holds no finished cell")
+        pytest.skip(f"{SHIPPED} holds no finished cell of sampler {sampler} on benchmark {benchmark}")
     check_cell(SHIPPED, rec)
 
 
