@@ -86,15 +86,17 @@ def largest_stable_lr(table: pd.DataFrame, lr: str = "lr", outcome: str = "faile
 
 
 
-def breaking_lr(table: pd.DataFrame, lr: str = "lr", outcome: str = "failed") -> pd.Series:
+def breaking_lr(table: pd.DataFrame, lr: str = "lr", outcome: str = "failed", any_seed: bool = False) -> pd.Series:
     """Per group of :func:`stability_table`'s other index levels: the smallest swept learning
-    rate at which at least half the seeds failed (``outcome``; NaN when the sweep never got there)."""
+    rate at which at least half the seeds failed (``outcome``; with ``any_seed``, at least one);
+    NaN when the sweep never got there."""
     outcome = outcome if outcome in table else "diverged"
     others = [n for n in table.index.names if n != lr]
 
     def one(group: pd.DataFrame) -> float:
         g = group.reset_index().sort_values(lr)
-        broke = (g[outcome].map(lambda e: e.value) >= 0.5).to_numpy()
+        share = g[outcome].map(lambda e: e.value)
+        broke = (share > 0 if any_seed else share >= 0.5).to_numpy()
         return float(g[lr].to_numpy()[broke][0]) if broke.any() else np.nan
 
     return table.groupby(level=others).apply(one).rename(f"breaking {lr}")

@@ -26,7 +26,7 @@ from .analysis import holm
 from .lr_tuning import collapse_rate
 from .tables import comparison_table, model_of
 
-__all__ = ["budget_table", "comparison_groups", "convergence_of", "holm_counts", "sigma_table", "sweep_table"]
+__all__ = ["budget_table", "comparison_groups", "convergence_of", "holm_counts", "holm_names", "sigma_table", "significant", "sweep_table"]
 
 
 def convergence_of(ds: xr.Dataset) -> str:
@@ -94,11 +94,11 @@ def sigma_table(ds: xr.Dataset, **options) -> pd.DataFrame:
     return sweep_table(ds, "sigma", **options)
 
 
-def holm_counts(table: pd.DataFrame) -> tuple[int, int, int]:
-    """(better, worse, compared) among the unbiased rows of a comparison table: ratio below or
-    above 1 with ``p_holm`` (else ``p``) under 0.05, i.e. at family-wise level 5% over the table.
-    A table with neither column gets Holm's adjustment of its ratios' own p-values here, over
-    the unbiased rows (the comparisons counted)."""
+def significant(table: pd.DataFrame) -> pd.Series:
+    """Per unbiased row of a comparison table: -1 (better than uniform: ratio below 1), +1
+    (worse) or 0, at family-wise level 5% over the table: ``p_holm`` (else ``p``) under 0.05. A
+    table with neither column gets Holm's adjustment of its ratios' own p-values here, over the
+    unbiased rows (the comparisons counted)."""
     t = table[table["unbiased"].astype(bool)] if "unbiased" in table else table
     if "p_holm" in t:
         p = t["p_holm"]
@@ -106,6 +106,20 @@ def holm_counts(table: pd.DataFrame) -> tuple[int, int, int]:
         p = t["p"]
     else:
         p = pd.Series(holm(np.array([e.p for e in t["ratio"]], dtype=float)), index=t.index)
-    better = int(((p < 0.05) & t["ratio"].map(lambda e: e.value < 1)).sum())
-    worse = int(((p < 0.05) & t["ratio"].map(lambda e: e.value > 1)).sum())
-    return better, worse, len(t)
+    side = t["ratio"].map(lambda e: float(np.sign(e.value - 1)))
+    return side.where(p < 0.05, 0.0).fillna(0.0).astype(int)  # a NaN ratio is neither
+
+
+def holm_counts(table: pd.DataFrame) -> tuple[int, int, int]:
+    """(better, worse, compared) among the unbiased rows of a comparison table (:func:`significant`)."""
+    s = significant(table)
+    return int((s < 0).sum()), int((s > 0).sum()), len(s)
+
+
+def holm_names(table: pd.DataFrame, side: int) -> str:
+    """The samplers (a row's last index level, options dropped) significantly better (``side``
+    -1) or worse (+1) than uniform (:func:`significant`), each with its number of rows, most
+    first: e.g. "oracle_qstar (3), var_opt (2)"; "none"."""
+    s = significant(table)
+    names = pd.Series([str(i[-1] if isinstance(i, tuple) else i).split("(")[0] for i in s.index[s == side]], dtype=object)
+    return ", ".join(f"{k} ({v})" for k, v in names.value_counts().items()) or "none"

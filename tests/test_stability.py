@@ -123,3 +123,4 @@ def test_a_seed_that_settles_above_its_start_has_failed_without_diverging(monkey
     assert summary.loc[("var_opt", 1.0), "largest_stable_lr"] == 0.1  # 0.3 already has a failed seed
     assert summary.loc[("var_opt", 1.0), "max_failed"] == 0.6 and summary.loc[("var_opt", 1.0), "max_diverged"] == 0
     assert breaking_lr(table)[("var_opt", 1.0)] == 0.6  # half the seeds failed there
+    assert breaking_lr(table, any_seed=True)[("var_opt", 1.0)] == 0.3  # the first failed seed (1 of 10)

@@ -119,3 +119,19 @@ def test_holm_counts_count_only_unbiased_rows_significant_after_holm():
     assert holm_counts(own) == (2, 1, 3)
     own["ratio"] = [ep(0.8, 0.03), ep(1.2, 0.01), ep(0.9, 0.04), ep(0.7, 0.0)]  # 0.03 x 2 = 0.06: no longer below 0.05
     assert holm_counts(own) == (0, 1, 3)
+
+
+def test_holm_names_name_the_significant_samplers_with_their_rows():
+    from fmstudy.analysis import Estimate
+    from fmstudy.sweeps import holm_names
+
+    def e(v):
+        return Estimate(v, v, v, 10, 0.95)
+
+    idx = pd.MultiIndex.from_tuples([(0.0, "var_opt"), (1.0, "var_opt"), (0.0, "logit_normal(m=0.0)"), (1.0, "grad_norm"), (2.0, "var_opt"),
+                                     (0.0, "stratified")], names=["sigma", "sampler"])
+    t = pd.DataFrame({"ratio": [e(0.8), e(0.9), e(1.3), e(0.7), e(0.95), e(float("nan"))], "p_holm": [0.01, 0.02, 0.001, 0.04, 0.3, 0.01],
+                      "unbiased": [True, True, True, True, True, True]}, index=idx)
+    assert holm_names(t, -1) == "var_opt (2), grad_norm (1)"  # sigma 2's var_opt is not significant; a NaN ratio is neither side
+    assert holm_names(t, +1) == "logit_normal (1)"
+    assert holm_names(t.assign(p_holm=0.5), -1) == "none"
