@@ -55,8 +55,9 @@ __all__ = [
 class Estimate:
     """A point estimate with its ``level`` interval [lo, hi] over ``n`` seeds; ``p`` is the
     test's p-value and ``effect`` the effect size (A.4) where the estimate has them, ``censored``
-    the seeds known only by a bound (speed-ups), ``method`` how the interval was made, ``unit``
-    what ``n`` counts."""
+    the seeds known only by a bound (speed-ups), ``below`` what a value that censoring leaves
+    unidentified is known to lie below (NaN otherwise), ``method`` how the interval was made,
+    ``unit`` what ``n`` counts."""
 
     value: float
     lo: float
@@ -68,10 +69,19 @@ class Estimate:
     censored: int = 0
     method: str = ""
     unit: str = "seed"  # what n counts (a correlation over settings counts points)
+    below: float = math.nan
+
+    def value_text(self, fmt: str = ".3g") -> str:
+        """The value; ``< b`` for a value only known to lie below ``b`` (a censored median);
+        ``n/a`` for one not identified at all."""
+        if np.isfinite(self.value):
+            return f"{self.value:{fmt}}"
+        return f"< {self.below:{fmt}}" if np.isfinite(self.below) else "n/a"
 
     def text(self, fmt: str = ".3g") -> str:
-        """e.g. ``0.82 (95% CI 0.75 to 0.9, 10 seeds)``; ``n/a`` for what is not identified."""
-        value = f"{self.value:{fmt}}" if np.isfinite(self.value) else "n/a"
+        """e.g. ``0.82 (95% CI 0.75 to 0.9, 10 seeds)``; ``< 0.5 (...)`` for a median only known
+        to lie below 0.5; ``n/a`` for what is not identified."""
+        value = self.value_text(fmt)
         seeds = f"{self.n} {self.unit}{'' if self.n == 1 else 's'}"
         if np.isfinite(self.lo) and np.isfinite(self.hi):
             inner = f"{100 * self.level:.3g}% CI {self.lo:{fmt}} to {self.hi:{fmt}}, {seeds}"
@@ -225,7 +235,8 @@ def median_censored(values: np.ndarray, censored: np.ndarray, level: float = 0.9
     coverage, 1 - 2 P(Bin(n, 1/2) <= k - 1) >= level, is the ``level`` it states (0.979 at
     n = 10; below n = 6 no such interval exists). A censored seed enters the lower end at 0 and
     the upper end at its bound, so censoring can only widen the interval (coverage stays at
-    least as stated); the median is NaN when it depends on the censored values."""
+    least as stated); the median is NaN when it depends on the censored values, and ``below``
+    then says what it lies below (the median with the censored seeds at their bounds)."""
     v = np.asarray(values, dtype=float).ravel()
     c = np.asarray(censored, dtype=bool).ravel()
     keep = ~np.isnan(v)
@@ -236,14 +247,16 @@ def median_censored(values: np.ndarray, censored: np.ndarray, level: float = 0.9
     low, high = np.sort(np.where(c, 0.0, v)), np.sort(v)
     med_low, med_high = float(np.median(low)), float(np.median(high))
     value = med_high if med_low == med_high else math.nan
+    # a censored middle value is strictly below its bound, so the median is strictly below med_high
+    below = math.nan if med_low == med_high else med_high
     ranks = np.arange(1, n // 2 + 1)
     tail = stats.binom.cdf(ranks - 1, n, 0.5)
     ok = ranks[2 * tail <= 1 - level]
     if ok.size == 0:
-        return Estimate(value, math.nan, math.nan, n, level, censored=ncens, method="median")
+        return Estimate(value, math.nan, math.nan, n, level, censored=ncens, method="median", below=below)
     k = int(ok.max())
     exact = float(1 - 2 * stats.binom.cdf(k - 1, n, 0.5))
-    return Estimate(value, float(low[k - 1]), float(high[n - k]), n, exact, censored=ncens, method="median")
+    return Estimate(value, float(low[k - 1]), float(high[n - k]), n, exact, censored=ncens, method="median", below=below)
 
 
 def speedup(

@@ -243,11 +243,11 @@ def throughput_table(record: dict[str, Any]) -> pd.DataFrame:
 
 
 def _ci(est: Any) -> str:
-    """``value [lo, hi]``; a value that is not identified (a censored median) reads n/a beside
-    its interval, and an interval that does not exist (one seed) is left out."""
+    """``value [lo, hi]``; a censored median known only to lie below b reads ``< b`` beside its
+    interval, and an interval that does not exist (one seed) is left out."""
     if not est.n:
         return "n/a"
-    value = f"{est.value:.3g}" if np.isfinite(est.value) else "n/a"
+    value = est.value_text(".3g")
     return f"{value} [{est.lo:.3g}, {est.hi:.3g}]" if np.isfinite(est.lo) and np.isfinite(est.hi) else value
 
 

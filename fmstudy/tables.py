@@ -227,12 +227,13 @@ def select_lr(ds: xr.Dataset, metric: str = "heldout_objective_ema", lr: str = "
 
 def as_text(table: pd.DataFrame, fmt: str = ".3g") -> pd.DataFrame:
     """``table`` for a page: each :class:`~fmstudy.analysis.Estimate` as ``value [lo, hi]``
-    (``n/a`` for a value that is not identified; no brackets where there is no interval),
+    (``< b`` for a censored median known only to lie below b, ``n/a`` for a value that is not
+    identified; no brackets where there is no interval),
     p-values (columns starting with ``p``) to 2 significant digits, other floats to ``fmt``."""
 
     def one(column: str, v: object) -> object:
         if isinstance(v, Estimate):
-            value = f"{v.value:{fmt}}" if np.isfinite(v.value) else "n/a"
+            value = v.value_text(fmt)
             return f"{value} [{v.lo:{fmt}}, {v.hi:{fmt}}]" if np.isfinite(v.lo) and np.isfinite(v.hi) else value
         if isinstance(v, float) and not isinstance(v, bool):
             return "n/a" if not np.isfinite(v) else f"{v:.2g}" if column.startswith("p") else f"{v:{fmt}}"

@@ -163,8 +163,14 @@ def test_order_statistic_interval_of_the_median_by_hand():
     # one known only to be <= 20 may lie on either side of the middle: median in [3.5, 4.5]
     wide = median_censored(np.r_[v[:8], 0.5, 20.0], below)
     assert math.isnan(wide.value) and (wide.lo, wide.hi) == (0.0, 8.0)
-    # most seeds censored: the median depends on them and is not identified
-    assert math.isnan(median_censored(np.ones(10), np.arange(10) < 6).value)
+    # ... and below 4.5, the median with the censored seeds at their bounds: it reads "< 4.5"
+    assert wide.below == 4.5 and wide.text().startswith("< 4.5 (97.9% CI 0 to 8, 10 seeds, 2 not reaching")
+    assert math.isnan(cens.below) and cens.value_text() == "3.5"
+    # most seeds censored: the median depends on them and is not identified, only bounded:
+    # six seeds known only to be <= 1 and four at 1: the median is below 1
+    most = median_censored(np.ones(10), np.arange(10) < 6)
+    assert math.isnan(most.value) and most.below == 1.0 and most.value_text(".2f") == "< 1.00"
+    assert median_censored(np.array([]), np.array([], bool)).value_text() == "n/a"
 
 
 def _linear_runs(r: np.ndarray, n_ckpt: int = 11, budget: float = 1000.0):
@@ -184,7 +190,8 @@ def test_speedup_counts_the_seeds_that_never_reach_the_target():
     assert est.n == 10 and est.censored == 3
     assert est.value == pytest.approx(1.75)  # the median of the 10, slow ones below it
     assert est.lo == 0.0 and est.hi == pytest.approx(3.0)  # ranks 2 and 9; censored at bound 1
-    assert speedup(*_linear_runs(np.full(10, 0.5))).text().startswith("n/a (97.9% CI 0 to 1, 10 seeds, 10 not reaching")
+    # no seed reaches uniform's final value within the budget: the speed-up is below 1
+    assert speedup(*_linear_runs(np.full(10, 0.5))).text().startswith("< 1 (97.9% CI 0 to 1, 10 seeds, 10 not reaching")
     fast, base, steps = _linear_runs(r)
     base[0, -1] = np.nan  # a baseline seed that diverged has no target
     assert speedup(fast, base, steps).n == 9
