@@ -1,0 +1,221 @@
+"""The conclusions' sentences (chapter 9) from the compare grid: how many samplers of a family
+beat uniform, the best of them, the loss-based verdict, the allocation ceiling, the weightings
+and the Rao-Blackwellised target against uniform, and the profile's scale.
+
+Each comparison is a row of ``report.against_baseline`` (paired over seeds, A.2-A.4). A family's
+count pools its unbiased rows over every sigma of the compare grid into one table and applies
+Holm's correction over it (A.6, ``sweeps.holm_counts``): a row is better than uniform when its
+ratio r = exp(mean_s log(x_s / b_s)) < 1 with p~ < 0.05, worse when r > 1 with p~ < 0.05. The sweeps
+and stability sentences are in :mod:`fmstudy.conclusions_sweeps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from . import report
+from .account_report import ceiling_table
+from .analysis import Estimate
+from .sweeps import holm_counts
+
+__all__ = [
+    "ADAPTIVE",
+    "FIXED",
+    "LOSS_BASED",
+    "SIGNAL",
+    "TOP",
+    "VARIANCE",
+    "base_name",
+    "ceiling_text",
+    "compare_tables",
+    "family_rows",
+    "family_verdict",
+    "loss_verdict",
+    "named_ratio_text",
+    "ratios_text",
+    "scale_text",
+    "signal_text",
+    "span",
+    "vs_uniform",
+    "weighting_vs_text",
+]
+
+FIXED = ("stratified", "logit_normal", "mode", "beta", "arcsine", "u_shaped")
+ADAPTIVE = (
+    "loss_second_moment",
+    "grad_norm",
+    "var_opt",
+    "var_opt_neyman",
+    "oracle_qstar",
+    "learning_progress",
+    "oracle_excess",
+    "info_snr",
+)
+LOSS_BASED = ("loss_second_moment",)  # allocation by the size of the loss
+SIGNAL = ("learning_progress", "oracle_excess")  # allocation by where the learnable signal sits
+VARIANCE = ("grad_norm", "var_opt", "var_opt_neyman", "oracle_qstar")  # the allocations that target the gradient's variance
+TOP = ("var_opt", "oracle_qstar")  # the online variance-optimal allocation and its oracle
+NOT_RUN = "not run in this profile"
+
+
+def base_name(label: Any) -> str:
+    """A sampler label without its options: "arcsine(floor=0.05)" -> "arcsine"."""
+    return str(label).split("(")[0]
+
+
+def span(estimates: Iterable[Any], fmt: str = ".2f") -> str:
+    """The range "lo–hi" of the finite values of some Estimates (or numbers), each formatted with
+    ``fmt``: one value (or lo and hi equal once formatted) reads as that value, none as "n/a"."""
+    try:
+        format(0.5, fmt)
+    except (ValueError, TypeError):
+        raise ValueError(f"fmt={fmt!r} is not allowed: it must be a float format such as '.2f' or 'g'") from None
+    v = sorted(x for x in (float(getattr(e, "value", e)) for e in estimates) if np.isfinite(x))
+    if not v:
+        return "n/a"
+    lo, hi = format(v[0], fmt), format(v[-1], fmt)
+    return lo if lo == hi else f"{lo}–{hi}"
+
+
+def compare_tables(ds: xr.Dataset | None) -> tuple[xr.Dataset | None, dict[float, pd.DataFrame]]:
+    """(``ds`` at the gmm8 benchmark, {sigma: ``report.against_baseline`` of that sigma}) for the
+    compare grid; ``ds`` unchanged and no tables when it is None or uniform did not run."""
+    if ds is None or "uniform" not in ds.sampler.values:
+        return ds, {}
+    ds = report.select_benchmark(ds)
+    metric = report.convergence_metric(ds)
+    return ds, {float(s): report.against_baseline(ds.sel(sigma=s), metric) for s in ds.sigma.values}
+
+
+def family_rows(tables: Mapping[float, pd.DataFrame], names: Iterable[str]) -> pd.DataFrame:
+    """The unbiased rows of every sigma's table whose sampler (options dropped) is in ``names``,
+    as one table indexed by (sigma, sampler), sigma in the order of ``tables``."""
+    names = set(names)
+    if not names:
+        raise ValueError("names=() is not allowed: name at least one sampler of the family")
+    parts = {
+        s: t[np.array([base_name(i) in names for i in t.index], dtype=bool) & t["unbiased"].to_numpy(dtype=bool)] for s, t in tables.items()
+    }
+    parts = {s: t for s, t in parts.items() if len(t)}
+    if not parts:
+        return pd.DataFrame(columns=["ratio", "unbiased"], index=pd.MultiIndex.from_tuples([], names=["sigma", "sampler"]))
+    return pd.concat(parts, names=["sigma", "sampler"])
+
+
+def family_verdict(tables: Mapping[float, pd.DataFrame], names: Iterable[str]) -> tuple[int, int, int, tuple[str, float, Estimate] | None]:
+    """(better, worse, compared, best) over :func:`family_rows`: Holm over the pooled rows
+    (``sweeps.holm_counts``), and the (sampler, sigma, ratio) of the smallest ratio among rows
+    with seeds (None when there is none)."""
+    rows = family_rows(tables, names)
+    if not len(rows):
+        return 0, 0, 0, None
+    better, worse, n = holm_counts(rows)
+    scored = [(str(i[1]), float(i[0]), r) for i, r in rows["ratio"].items() if r.n]
+    return better, worse, n, (min(scored, key=lambda x: x[2].value) if scored else None)
+
+
+def named_ratio_text(tables: Mapping[float, pd.DataFrame], name: str = "var_opt") -> str:
+    """Each sigma's ratio of the row ``name`` (exact label) as "σ = s: ratio (CI)", joined by "; "
+    over the sigmas whose table has it; "n/a" when none has."""
+    return "; ".join(f"σ = {s:g}: {t.loc[name, 'ratio'].text('.3g')}" for s, t in tables.items() if name in t.index) or "n/a"
+
+
+def loss_verdict(tables: Mapping[float, pd.DataFrame], names: Iterable[str] = LOSS_BASED) -> str:
+    """The loss-based samplers' Holm counts (:func:`family_verdict`) and the :func:`span` of their
+    ratios to uniform, or "not run in this profile"."""
+    names = tuple(names)
+    better, worse, n, _ = family_verdict(tables, names)
+    if not n:
+        return NOT_RUN
+    ratios = family_rows(tables, names)["ratio"]
+    return (
+        f"better than uniform in {better} and worse in {worse} of {n} (sampler, σ) comparisons (family-wise 5%, Holm), "
+        f"final ratio to uniform {span(ratios)}"
+    )
+
+
+def signal_text(tables: Mapping[float, pd.DataFrame], names: Iterable[str] = SIGNAL) -> str:
+    """Whether any of ``names`` (options dropped, biased or not) ran in the compare tables."""
+    ran = sorted({base_name(i) for t in tables.values() for i in t.index} & set(names))
+    if ran:
+        return f"ran in this profile's comparison ({', '.join(ran)}) and are counted with the adaptive samplers above"
+    return "were not run in this profile, so it says nothing about them"
+
+
+def ceiling_text(ds: xr.Dataset | None) -> str:
+    """Uniform's ceiling R (Adam's metric, ``account_report.ceiling_table``) at the last checkpoint
+    per sigma, "σ = s: R = r (s.e. e)" joined by "; "; "n/a" without uniform or the ceiling."""
+    if ds is None or "uniform" not in ds.sampler.values or "var_adam_ceiling" not in ds:
+        return "n/a"
+    _, batch = report.model_of(ds)
+    last = ceiling_table(ds.sel(sampler="uniform"), batch).xs(int(ds.checkpoint[-1]), level="step")
+    return "; ".join(f"σ = {s:g}: R = {r['R (Adam)']:.3f} (s.e. {r['R (Adam) se']:.2g})" for s, r in last.iterrows())
+
+
+def vs_uniform(compare: xr.Dataset | None, grid: xr.Dataset | None, axis: str, suffix: str = "") -> pd.DataFrame | None:
+    """``report.against_baseline`` of each cell of a sigma = 1 sub-grid (one per value of ``axis``,
+    labelled value + ``suffix``) beside ``compare``'s uniform at sigma = 1, paired by seed, ranked by
+    compare's metric; None when either is missing or lacks uniform at sigma = 1 or the axis."""
+    if grid is None or compare is None or "uniform" not in compare.sampler.values or 1.0 not in compare.sigma.values:
+        return None
+    if axis not in grid.dims:
+        return None
+    g = report.select_benchmark(grid)
+    base = compare.sel(sampler="uniform", sigma=1.0).drop_vars(["sampler", "sigma"], errors="ignore")
+    drop = [c for c in ("weighting", "sigma", "sampler", "target") if c in g.coords]
+    cells = [g.sel({axis: v}).drop_vars(drop) for v in g[axis].values]
+    both = xr.concat([base, *cells], dim="sampler", join="override", coords="minimal", compat="override")
+    both = both.assign_coords(sampler=["uniform", *[f"{v}{suffix}" for v in g[axis].values]])
+    return report.against_baseline(both, report.convergence_metric(compare)).drop(index="uniform")
+
+
+def ratios_text(table: pd.DataFrame | None) -> str:
+    """Each row of a :func:`vs_uniform` table as "row: ratio (CI)", joined by "; "; "not run in this profile" for None."""
+    if table is None:
+        return NOT_RUN
+    return "; ".join(f"{k}: {r['ratio'].text('.3g')}" for k, r in table.iterrows())
+
+
+def weighting_vs_text(weightings: pd.DataFrame | None, allocations: pd.DataFrame | None) -> str:
+    """Whether the uncertainty weighting's ratio (the first row starting "uncertainty") lies below
+    the smallest ratio r* of the unbiased rows of ``allocations`` (compare at sigma = 1), point
+    estimates; when it does, whether the intervals overlap (its hi < the best's lo: they do not)."""
+    unc = weightings.loc[[i for i in weightings.index if str(i).startswith("uncertainty")]] if weightings is not None else None
+    alloc = allocations[allocations["unbiased"].to_numpy(dtype=bool)] if allocations is not None else None
+    if unc is None or not len(unc) or alloc is None or not len(alloc):
+        return "n/a (not run in this profile)"
+    u = unc.iloc[0]["ratio"]
+    best_name, best = min(((str(i), r["ratio"]) for i, r in alloc.iterrows()), key=lambda x: x[1].value)
+    lower = u.value < best.value
+    tail = ("; the intervals do not overlap" if u.hi < best.lo else "; the intervals overlap") if lower else ""
+    return (
+        f"{'below' if lower else 'not below'} every unbiased allocation's at σ = 1 (point estimates): {u.value:.3g} against the best "
+        f"allocation, {best_name}, at {best.value:.3g}{tail}"
+    )
+
+
+def scale_text(profile: str, seeds: int, tuned: bool, budgets: bool) -> str:
+    """The limitations' scale sentence: seeds per configuration, tuned or shared learning rate, one
+    budget or several; under 10 seeds, the width of the t-interval (n - 1 degrees of freedom)."""
+    if seeds < 0:
+        raise ValueError(f"seeds={seeds!r} is not allowed: the number of seeds must be >= 0")
+    text = (
+        f"This profile ({profile}) compares samplers on {seeds} seeds per configuration, "
+        + (
+            "each sampler at its own learning rate tuned on separate seeds"
+            if tuned
+            else "at one learning rate for every sampler (not tuned per sampler)"
+        )
+        + (", with budgets as separate runs." if budgets else ", at one budget.")
+    )
+    if seeds < 10:
+        text += (
+            f" Intervals over {seeds} seeds are wide (a t-interval at {seeds} seeds has {seeds - 1} degrees of freedom); "
+            "the paper profile (10 seeds, tuned rates, budgets) is what the conclusions should rest on."
+        )
+    return text
