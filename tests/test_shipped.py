@@ -40,13 +40,14 @@ def cheapest_cell(results: Path, sampler: str | None = None, benchmark: str | No
     ``sampler`` and benchmark ``benchmark`` where given, among those run
     at a learning rate no seed diverged at and outside a stability sweep (whose rates are pushed
     to divergence: a chaotic trajectory would not reproduce to float32 rounding on another
-    machine's summation order)."""
+    machine's summation order), and not trimmed for shipping (fmstudy.trim: its per-step losses
+    and diagnostics left out, there would be little to compare)."""
     best = None
     for path in sorted((results / "cells").glob("[0-9a-f]*.json")):
         rec = json.loads(path.read_text())
         if rec.get("status") != "ok" or not (results / "cells" / f"{rec['id']}.nc").is_file():
             continue
-        if "stability" in rec.get("grids", []) or rec["params"].get("lr", 0) > 0.03:
+        if "stability" in rec.get("grids", []) or rec["params"].get("lr", 0) > 0.03 or rec.get("trimmed"):
             continue
         p = rec["params"]
         name = p["sampler"] if isinstance(p["sampler"], str) else p["sampler"]["name"]
