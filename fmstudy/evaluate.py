@@ -53,7 +53,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from . import metrics
+from . import feature_classifier, metrics
 from .checks import check_int
 from .results import SCHEMA, atomic_write
 from .solvers import log_likelihood, nfe, ode_sample
@@ -153,7 +153,7 @@ def sample_quality(
     floor_repeats: int = 5,
     floor_cache: str | os.PathLike | None = None,
 ) -> SampleQuality:
-    """Evaluate every member of ``model`` on ``bench`` (a :class:`~fmstudy.data.Benchmark`);
+    """Evaluate every member of ``model`` on ``bench`` (a :class:`~fmstudy.benchmark_base.Benchmark`);
     see the module docstring for the metrics. Deterministic: ``x0`` comes from a generator
     seeded ``seed``, the floor's real sets from one seeded ``FLOOR_SEED``. The ODE (and the
     NLL's augmented ODE, with the same ``method`` and ``ode_steps``) runs on the model's
@@ -188,8 +188,8 @@ def sample_quality(
     }
     clf = None
     if getattr(bench, "train_labels", None) is not None and getattr(bench, "heldout_labels", None) is not None:
-        clf = metrics.classifier_for(bench)  # trained once and cached on disk
-        table["frechet"] = lambda x, y: metrics.classifier_frechet(bench, x, y, clf)
+        clf = feature_classifier.classifier_for(bench)  # trained once and cached on disk
+        table["frechet"] = lambda x, y: feature_classifier.classifier_frechet(bench, x, y, clf)
     values = {k: _per_member(f, samples, ref) for k, f in table.items()}
     cache = os.environ.get("FMSTUDY_FLOOR_CACHE") if floor_cache is None else floor_cache
     parts = {"n": n, "w2_points": n_w2, "repeats": repeats, "floor_seed": FLOOR_SEED, "bandwidths": list(bandwidths)}

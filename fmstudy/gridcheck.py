@@ -111,7 +111,8 @@ def check_cell(file: Path, cell: Any, checked: dict[str, Any], limits: Mapping[s
     """Build what ``cell`` (a :class:`fmstudy.gridfile.Cell`) will build (benchmark, sampler,
     training options, evaluation settings) so bad values fail now, and check it against the
     resource limits; ``checked`` caches the benchmarks built so far. Raises :class:`GridError`."""
-    from .data import ORACLE_BENCHMARKS, benchmark_names, get_benchmark
+    from .benchmark_base import ORACLE_BENCHMARKS
+    from .data import benchmark_names, get_benchmark
     from .samplers import make_sampler
     from .solvers import METHODS
     from .train import TrainConfig

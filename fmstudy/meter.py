@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
-from .data import Benchmark, ProbeSet
+from .benchmark_base import Benchmark, ProbeSet
 from .models import VelocityEnsemble
 from .oracle import BridgeOracle
 from .paths import BrownianBridge

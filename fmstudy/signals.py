@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .benchmark_base import Benchmark, ProbeSet
 from .checks import check_int
-from .data import Benchmark, ProbeSet
 from .models import VelocityEnsemble, per_sample_grad_sq, per_sample_grad_sq_adam
 from .oracle import BridgeOracle
 from .paths import BrownianBridge

@@ -54,7 +54,7 @@ def test_gpu_training_follows_the_cpu_run(sampler):
 
 
 def test_a_planted_divergence_on_the_gpu_freezes_only_that_member(monkeypatch):
-    from fmstudy.data import Benchmark
+    from fmstudy.benchmark_base import Benchmark
 
     original = Benchmark.sample_members
 

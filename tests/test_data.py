@@ -11,7 +11,8 @@ import pytest
 import torch
 from errors import one_line_error
 
-from fmstudy.data import Benchmark, benchmark_names, get_benchmark
+from fmstudy.benchmark_base import Benchmark
+from fmstudy.data import benchmark_names, get_benchmark
 from fmstudy.oracle import BridgeOracle
 from fmstudy.paths import BrownianBridge
 

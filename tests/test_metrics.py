@@ -11,6 +11,8 @@ import scipy.linalg
 import scipy.stats
 import torch
 
+from fmstudy import feature_classifier as FC
+from fmstudy import frechet as FR
 from fmstudy import metrics as M
 from fmstudy.data import get_benchmark
 
@@ -181,12 +183,12 @@ def test_gaussian_frechet_matches_closed_forms():
     a, b = rng.normal(size=(k, k)), rng.normal(size=(k, k))
     s1, s2 = a @ a.T + 0.1 * np.eye(k), b @ b.T + 0.1 * np.eye(k)
     mu1, mu2 = rng.normal(size=k), rng.normal(size=k)
-    fd = M.gaussian_frechet(torch.tensor(mu1), torch.tensor(s1), torch.tensor(mu2), torch.tensor(s2))
+    fd = FR.gaussian_frechet(torch.tensor(mu1), torch.tensor(s1), torch.tensor(mu2), torch.tensor(s2))
     assert fd == pytest.approx(_frechet_scipy(mu1, s1, mu2, s2), rel=1e-9)
     # Commuting (diagonal) covariances: sum_i (sqrt(a_i) - sqrt(b_i))^2 + ||mu1 - mu2||^2.
     da, db = np.array([1.0, 4.0, 0.25]), np.array([9.0, 1.0, 0.25])
     expected = 1.0 + ((np.sqrt(da) - np.sqrt(db)) ** 2).sum()
-    fd = M.gaussian_frechet(torch.zeros(3), torch.diag(torch.tensor(da)), torch.tensor([1.0, 0, 0]), torch.diag(torch.tensor(db)))
+    fd = FR.gaussian_frechet(torch.zeros(3), torch.diag(torch.tensor(da)), torch.tensor([1.0, 0, 0]), torch.diag(torch.tensor(db)))
     assert fd == pytest.approx(expected, rel=1e-12)
 
 
@@ -195,23 +197,23 @@ def test_frechet_distance_uses_sample_mean_and_covariance():
     fx = rng.normal(size=(500, 8)) @ rng.normal(size=(8, 8))
     fy = rng.normal(size=(300, 8)) * 2 + 0.5
     expected = _frechet_scipy(fx.mean(0), np.cov(fx, rowvar=False), fy.mean(0), np.cov(fy, rowvar=False))
-    assert M.frechet_distance(torch.tensor(fx), torch.tensor(fy)) == pytest.approx(expected, rel=1e-9)
-    assert M.frechet_distance(torch.tensor(fx), torch.tensor(fx)) < 1e-10 * np.trace(np.cov(fx, rowvar=False))
+    assert FR.frechet_distance(torch.tensor(fx), torch.tensor(fy)) == pytest.approx(expected, rel=1e-9)
+    assert FR.frechet_distance(torch.tensor(fx), torch.tensor(fx)) < 1e-10 * np.trace(np.cov(fx, rowvar=False))
 
 
 def test_frechet_distance_of_large_gaussian_samples_is_close_to_the_population_value():
     # N(0, I) vs N(m, 4 I) in 4-D: ||m||^2 + 4 (2 - 1)^2 = 1 + 4.
     x, y = gauss(40000, [0.0] * 4, 1.0, 25), gauss(40000, [1.0, 0.0, 0.0, 0.0], 2.0, 26)
-    assert M.frechet_distance(x, y) == pytest.approx(5.0, rel=0.03)
+    assert FR.frechet_distance(x, y) == pytest.approx(5.0, rel=0.03)
 
 
 def test_frechet_distance_of_rank_deficient_features_is_zero_on_itself():
     f = gauss(20, [0.0] * 50, 1.0, 27)  # covariance of rank 19 in 50-D
-    assert M.frechet_distance(f, f.clone()) < 1e-10 * 50
+    assert FR.frechet_distance(f, f.clone()) < 1e-10 * 50
 
 
 # -- the digits classifier and its cache ----------------------------------------------------
-_REAL_TRAIN = M.train_classifier
+_REAL_TRAIN = FC.train_classifier
 
 
 def _quick(calls):
@@ -231,7 +233,7 @@ def digits():
 @pytest.fixture(scope="module")
 def digits_classifier(digits, tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
-    return M.classifier_for(digits, cache_dir=cache), cache
+    return FC.classifier_for(digits, cache_dir=cache), cache
 
 
 def test_digits_classifier_accuracy_and_features(digits, digits_classifier):
@@ -246,8 +248,8 @@ def test_digits_classifier_accuracy_and_features(digits, digits_classifier):
 def test_classifier_frechet_separates_real_from_noise(digits, digits_classifier):
     model, _ = digits_classifier
     n = digits.heldout.shape[0]
-    real = M.classifier_frechet(digits, digits.heldout, digits.train[:n], classifier=model)
-    noise = M.classifier_frechet(digits, digits.heldout, torch.randn(n, 64, generator=gen(28)), classifier=model)
+    real = FC.classifier_frechet(digits, digits.heldout, digits.train[:n], classifier=model)
+    noise = FC.classifier_frechet(digits, digits.heldout, torch.randn(n, 64, generator=gen(28)), classifier=model)
     assert 0 < real < 0.05 * noise
 
 
@@ -258,48 +260,48 @@ def test_classifier_cache_is_reused_and_a_corrupt_file_is_rebuilt(digits, digits
     def no_training(*args, **kwargs):
         raise AssertionError("the cached classifier should have been loaded")
 
-    monkeypatch.setattr(M, "train_classifier", no_training)
-    again = M.classifier_for(digits, cache_dir=cache)
+    monkeypatch.setattr(FC, "train_classifier", no_training)
+    again = FC.classifier_for(digits, cache_dir=cache)
     for (k, v), (k2, v2) in zip(model.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(v, v2)
     assert again.heldout_accuracy == model.heldout_accuracy
 
     calls = []
-    monkeypatch.setattr(M, "train_classifier", _quick(calls))
+    monkeypatch.setattr(FC, "train_classifier", _quick(calls))
     path.write_bytes(b"not a torch file")
-    rebuilt = M.classifier_for(digits, cache_dir=cache)
-    assert calls == ["digits"] and isinstance(rebuilt, M.FeatureClassifier)
-    monkeypatch.setattr(M, "train_classifier", no_training)
-    M.classifier_for(digits, cache_dir=cache)  # the rebuilt file loads
+    rebuilt = FC.classifier_for(digits, cache_dir=cache)
+    assert calls == ["digits"] and isinstance(rebuilt, FC.FeatureClassifier)
+    monkeypatch.setattr(FC, "train_classifier", no_training)
+    FC.classifier_for(digits, cache_dir=cache)  # the rebuilt file loads
     assert [p.name for p in cache.iterdir()] == [path.name]  # no temporary files left behind
 
 
 def test_classifier_cache_location_and_key(digits, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(M, "train_classifier", _quick(calls))
+    monkeypatch.setattr(FC, "train_classifier", _quick(calls))
     monkeypatch.setenv("FMSTUDY_CACHE", str(tmp_path / "env"))
-    M.classifier_for(digits)
+    FC.classifier_for(digits)
     assert len(list((tmp_path / "env").glob("classifier-digits-*.pt"))) == 1
-    M.classifier_for(get_benchmark("digits", n_heldout=300))  # other options: another file
-    M.classifier_for(digits, seed=1)  # another seed: another file
+    FC.classifier_for(get_benchmark("digits", n_heldout=300))  # other options: another file
+    FC.classifier_for(digits, seed=1)  # another seed: another file
     assert len(list((tmp_path / "env").glob("classifier-digits-*.pt"))) == 3 and len(calls) == 3
 
 
 def test_an_unwritable_cache_warns_and_still_returns_a_classifier(digits, tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(M, "train_classifier", _quick(calls))
+    monkeypatch.setattr(FC, "train_classifier", _quick(calls))
     blocker = tmp_path / "file"
     blocker.write_text("a file where the cache folder should be")
     with pytest.warns(UserWarning, match="could not cache the classifier"):
-        model = M.classifier_for(digits, cache_dir=blocker / "cache")
-    assert isinstance(model, M.FeatureClassifier) and calls == ["digits"]
+        model = FC.classifier_for(digits, cache_dir=blocker / "cache")
+    assert isinstance(model, FC.FeatureClassifier) and calls == ["digits"]
 
 def test_training_is_seeded_and_leaves_the_global_rng_alone(digits):
     torch.set_num_threads(2)  # training runs on one thread and must restore the caller's count
     state = torch.random.get_rng_state()
-    a, acc_a = M.train_classifier(digits, seed=3, epochs=1)
-    b, acc_b = M.train_classifier(digits, seed=3, epochs=1)
-    c, _ = M.train_classifier(digits, seed=4, epochs=1)
+    a, acc_a = FC.train_classifier(digits, seed=3, epochs=1)
+    b, acc_b = FC.train_classifier(digits, seed=3, epochs=1)
+    c, _ = FC.train_classifier(digits, seed=4, epochs=1)
     assert acc_a == acc_b and all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
     assert not torch.equal(a.layers[0].weight, c.layers[0].weight)
     assert torch.equal(state, torch.random.get_rng_state()) and torch.get_num_threads() == 2
@@ -323,7 +325,7 @@ def test_noise_floor_is_finite_and_reproducible():
 
 # -- bad input ------------------------------------------------------------------------------
 GOOD = torch.zeros(5, 3)
-PAIR_METRICS = [M.sliced_wasserstein, M.mmd, M.energy_distance, M.wasserstein2, M.frechet_distance]
+PAIR_METRICS = [M.sliced_wasserstein, M.mmd, M.energy_distance, M.wasserstein2, FR.frechet_distance]
 
 
 @pytest.mark.parametrize("metric", PAIR_METRICS, ids=lambda f: f.__name__)
@@ -353,12 +355,12 @@ def test_bad_point_sets_are_refused_in_one_line(metric, x, y, message):
         (lambda: M.mmd(GOOD, GOOD, bandwidths=(1.0, 1.0)), r"bandwidths=\(1.0, 1.0\) are not allowed: give one or more distinct"),
         (lambda: M.mmd(GOOD, GOOD, bandwidths=()), r"bandwidths=\(\) are not allowed"),
         (lambda: M.mmd(GOOD[:1], GOOD, unbiased=True), r"x has shape \[1, 3\]: expected \[n, d\] with n >= 2"),
-        (lambda: M.frechet_distance(GOOD[:1], GOOD), r"x has shape \[1, 3\]: expected \[n, d\] with n >= 2"),
-        (lambda: M.gaussian_frechet(torch.zeros(3), torch.eye(3), torch.zeros(2), torch.eye(2)), "shapes mu_x"),
+        (lambda: FR.frechet_distance(GOOD[:1], GOOD), r"x has shape \[1, 3\]: expected \[n, d\] with n >= 2"),
+        (lambda: FR.gaussian_frechet(torch.zeros(3), torch.eye(3), torch.zeros(2), torch.eye(2)), "shapes mu_x"),
         (lambda: M.noise_floor(M.mmd, lambda n, g: GOOD, 5, repeats=1, generator=gen(0)), "repeats=1 is not allowed"),
         (lambda: M.noise_floor(M.mmd, lambda n, g: GOOD, 5, generator=None), "generator=None is not allowed"),
-        (lambda: M.classifier_for(get_benchmark("gmm8", n_heldout=10)), "benchmark 'gmm8' has no labels"),
-        (lambda: M.classifier_frechet(get_benchmark("digits"), torch.zeros(5, 3), torch.zeros(5, 3), classifier=object()),
+        (lambda: FC.classifier_for(get_benchmark("gmm8", n_heldout=10)), "benchmark 'gmm8' has no labels"),
+        (lambda: FC.classifier_frechet(get_benchmark("digits"), torch.zeros(5, 3), torch.zeros(5, 3), classifier=object()),
          r"x is \[n, 3\]: benchmark 'digits' needs \[n, 64\]"),
     ],
 )

@@ -60,7 +60,7 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, sampler):
 
 
 def test_a_planted_divergence_freezes_only_that_member(monkeypatch):
-    from fmstudy.data import Benchmark
+    from fmstudy.benchmark_base import Benchmark
 
     original = Benchmark.sample_members
 
