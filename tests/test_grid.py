@@ -265,13 +265,19 @@ def test_every_profile_has_the_sub_grids_the_chapters_read():
     loads exists in some profile (a typo would print 'not run in this profile' forever)."""
     import re
 
+    from fmstudy import conclusions_sweeps, settings_report, settings_tuning
+
     wanted = set()
-    for chapter in (ROOT / "book" / "chapters").glob("*.md"):
-        text = chapter.read_text()
-        wanted |= set(re.findall(r'load_grid_results\("([^"]+)"', text))
-        for names in re.findall(r'for name in \(((?:"[^"]+", )+"[^"]+")\)', text):
+    # the names the chapters and the report modules under them load literally ...
+    for path in [*(ROOT / "book" / "chapters").glob("*.md"), *(ROOT / "fmstudy").glob("*.py")]:
+        text = path.read_text()
+        wanted |= set(re.findall(r'\bload(?:_grid_results)?\("([^"]+)"', text))
+        for names in re.findall(r'for (?:name|grid) in \(((?:"[^"]+", )+"[^"]+")\)', text) if path.suffix == ".md" else []:
             wanted |= set(re.findall(r'"([^"]+)"', names))
-    assert wanted >= {"compare", "robustness", "stability", "sigma", "budget", "real"}
+    # ... and those the chapters load through the modules' tables of sub-grids
+    wanted |= {name for name, _ in conclusions_sweeps.SWEEPS} | set(settings_report.OTHERS)
+    wanted |= set(settings_tuning.TUNED_BY) | set(settings_tuning.tuning_names())
+    assert wanted >= {"compare", "robustness", "stability", "sigma", "budget", "real", "tune-gmm8"}
     names = {}
     for profile in ("smoke", "quick", "full", "paper"):
         spec = yaml.safe_load((ROOT / "papermill_params" / f"{profile}.yaml").read_text())
