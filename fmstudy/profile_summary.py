@@ -20,7 +20,7 @@ import pandas as pd
 from .costs import executions
 from .trim import describe
 
-__all__ = ["grid_run_text", "links_text", "provenance_text", "read_runs_log", "scale", "subgrid_rows", "subgrid_summary"]
+__all__ = ["grid_run_text", "samplers_run", "links_text", "provenance_text", "read_runs_log", "scale", "subgrid_rows", "subgrid_summary"]
 
 
 def scale(cells: Sequence[dict[str, Any]], cost: pd.DataFrame) -> dict[str, Any]:
@@ -109,8 +109,20 @@ def subgrid_rows(cells: Sequence[dict[str, Any]], cost: pd.DataFrame) -> pd.Data
 
 
 def subgrid_summary(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per (sub-grid, benchmark) of :func:`subgrid_rows`: cells, the largest steps, batch and
-    seeds, and the training TFLOPs summed over its cells."""
+    """Per (sub-grid, benchmark) of :func:`subgrid_rows`: cells, the largest steps ("steps
+    (largest)"), batch and seeds, and the training TFLOPs summed over its cells."""
     agg = rows.groupby(["sub-grid", "benchmark"]).agg(cells=("flops", "size"), steps=("steps", "max"), batch=("batch", "max"),
                                                      seeds=("seeds", "max"), training_tflops=("flops", lambda f: f.sum() / 1e12))
-    return agg.rename(columns={"training_tflops": "training TFLOPs"})
+    # a sub-grid may sweep steps (the budget sweep): the column says it shows the largest
+    return agg.rename(columns={"training_tflops": "training TFLOPs", "steps": "steps (largest)"})
+
+
+def samplers_run(cells: Sequence[dict[str, Any]], names: Sequence[str], grid: str = "compare") -> list[str]:
+    """Which of the sampler ``names`` some finished cell of sub-grid ``grid`` ran (in the order of
+    ``names``); a cell's sampler is its record's ``params.sampler``, a name or ``{"name": ...}``."""
+    ran = set()
+    for rec in cells:
+        if grid in (rec.get("grids") or []):
+            spec = rec["params"].get("sampler", "")
+            ran.add(spec.get("name") if isinstance(spec, dict) else str(spec))
+    return [n for n in names if n in ran]

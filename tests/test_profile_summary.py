@@ -72,5 +72,15 @@ def test_subgrid_rows_count_a_shared_cell_in_each_sub_grid_and_once_distinct():
     summary = ps.subgrid_summary(rows)
     assert summary.loc[("compare", "gmm8"), "cells"] == 2
     assert summary.loc[("compare", "gmm8"), "training TFLOPs"] == pytest.approx(5.0)  # a (2) + b (3)
-    assert summary.loc[("tune", "gmm8"), "seeds"] == 3
+    assert summary.loc[("tune", "gmm8"), "seeds"] == 3 and summary.loc[("tune", "gmm8"), "steps (largest)"] == 1000
     assert ps.subgrid_rows([], COST.iloc[:0]).empty
+
+
+def test_samplers_run_reads_the_records_of_the_sub_grid():
+    cells = [rec("a", ["compare"], 10), rec("b", ["compare", "sigma"], 10), rec("c", ["tune"], 3)]
+    cells[0]["params"]["sampler"] = "uniform"
+    cells[1]["params"]["sampler"] = {"name": "oracle_excess", "floor": 0.1}
+    cells[2]["params"]["sampler"] = "learning_progress"  # ran, but not in compare
+    assert ps.samplers_run(cells, ("learning_progress", "oracle_excess")) == ["oracle_excess"]
+    assert ps.samplers_run(cells, ("learning_progress",), grid="tune") == ["learning_progress"]
+    assert ps.samplers_run(cells, ("uniform",), grid="nowhere") == []
