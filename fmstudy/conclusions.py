@@ -31,6 +31,7 @@ __all__ = [
     "TOP",
     "VARIANCE",
     "base_name",
+    "best_allocation",
     "ceiling_text",
     "compare_tables",
     "family_rows",
@@ -42,6 +43,7 @@ __all__ = [
     "signal_text",
     "span",
     "vs_uniform",
+    "head_to_head",
     "weighting_vs_text",
 ]
 
@@ -181,22 +183,54 @@ def ratios_text(table: pd.DataFrame | None) -> str:
     return "; ".join(f"{k}: {r['ratio'].text('.3g')}" for k, r in table.iterrows())
 
 
-def weighting_vs_text(weightings: pd.DataFrame | None, allocations: pd.DataFrame | None) -> str:
-    """Whether the uncertainty weighting's ratio (the first row starting "uncertainty") lies below
-    the smallest ratio r* of the unbiased rows of ``allocations`` (compare at sigma = 1), point
-    estimates; when it does, whether the intervals overlap (its hi < the best's lo: they do not)."""
+def head_to_head(compare: xr.Dataset | None, grid: xr.Dataset | None, axis: str, value: str, sampler: str) -> Any:
+    """The paired ratio (:func:`fmstudy.analysis.paired_ratio`, by seed) of the final convergence
+    metric of ``grid``'s cell at ``axis`` = ``value`` to ``compare``'s ``sampler`` at sigma = 1:
+    two methods compared directly, not through their intervals against uniform (which share
+    uniform's runs, so their overlap is no test). None when either is missing."""
+    from .analysis import paired_ratio
+
+    if grid is None or compare is None or axis not in grid.dims or value not in [str(v) for v in grid[axis].values]:
+        return None
+    if sampler not in compare.sampler.values or 1.0 not in compare.sigma.values:
+        return None
+    metric = report.convergence_metric(compare)
+    x = report.final(report.select_benchmark(grid).sel({axis: value}), metric)
+    base = report.final(compare.sel(sampler=sampler, sigma=1.0), metric)
+    if list(x.member.values) != list(base.member.values):
+        raise ValueError(f"seeds {list(x.member.values)} and {list(base.member.values)} are not allowed: a paired ratio needs the same seeds")
+    return paired_ratio(x.values, base.values)
+
+
+def best_allocation(allocations: pd.DataFrame | None) -> str | None:
+    """The unbiased row of a comparison table with the smallest ratio to uniform (the first of
+    ties); None without one."""
+    if allocations is None:
+        return None
+    alloc = allocations[allocations["unbiased"].to_numpy(dtype=bool)]
+    if not len(alloc):
+        return None
+    return min(((str(i), r["ratio"].value) for i, r in alloc.iterrows()), key=lambda x: x[1])[0]
+
+
+def weighting_vs_text(weightings: pd.DataFrame | None, allocations: pd.DataFrame | None, direct: Any = None) -> str:
+    """Whether the uncertainty weighting's ratio to uniform (the first row starting "uncertainty")
+    lies below the smallest ratio of the unbiased rows of ``allocations`` (compare at sigma = 1),
+    point estimates; and ``direct``, the paired ratio of the weighting to that best allocation
+    (:func:`head_to_head`), with its interval and p-value."""
     unc = weightings.loc[[i for i in weightings.index if str(i).startswith("uncertainty")]] if weightings is not None else None
     alloc = allocations[allocations["unbiased"].to_numpy(dtype=bool)] if allocations is not None else None
     if unc is None or not len(unc) or alloc is None or not len(alloc):
         return "n/a (not run in this profile)"
     u = unc.iloc[0]["ratio"]
-    best_name, best = min(((str(i), r["ratio"]) for i, r in alloc.iterrows()), key=lambda x: x[1].value)
+    best_name = best_allocation(allocations)
+    best = alloc.loc[best_name, "ratio"]
     lower = u.value < best.value
-    tail = ("; the intervals do not overlap" if u.hi < best.lo else "; the intervals overlap") if lower else ""
-    return (
-        f"{'below' if lower else 'not below'} every unbiased allocation's at σ = 1 (point estimates): {u.value:.3g} against the best "
-        f"allocation, {best_name}, at {best.value:.3g}{tail}"
-    )
+    text = (f"{'below' if lower else 'not below'} every unbiased allocation's at σ = 1 (point estimates): {u.value:.3g} against the best "
+            f"allocation, {best_name}, at {best.value:.3g}")
+    if direct is not None:
+        text += f"; paired by seed, uncertainty weighting / {best_name} = {direct.text('.3g')}, p = {direct.p:.2g}"
+    return text
 
 
 def scale_text(profile: str, seeds: int, tuned: bool, budgets: bool) -> str:

@@ -29,7 +29,10 @@ __all__ = [
     "SweepRow",
     "cell_of",
     "correlation_text",
+    "budget_text",
     "gain_text",
+    "sample_quality_text",
+    "speed_span",
     "stability_sentence",
     "stability_text",
     "sweep_rows",
@@ -96,6 +99,18 @@ def variance_text(rows: Sequence[SweepRow]) -> str:
     return f"{better} better and {worse} worse than uniform of {n} distinct cells" if n else NOT_RUN
 
 
+def speed_span(estimates: Sequence[Any]) -> str:
+    """:func:`span` of the identified speed-ups, and of those that censoring leaves bounded only
+    (a median below b, ``Estimate.below``), "< b (k censored medians)" with the largest such b:
+    e.g. "1.11, and < 1.02 (1 censored median)"; "n/a" if there is neither."""
+    known = span(estimates)
+    bounds = [float(e.below) for e in estimates if not np.isfinite(e.value) and np.isfinite(getattr(e, "below", math.nan))]
+    if not bounds:
+        return known
+    more = f"< {max(bounds):.2f} ({len(bounds)} censored median{'s' * (len(bounds) != 1)})"
+    return more if known == "n/a" else f"{known}, and {more}"
+
+
 def gain_text(
     rows: Sequence[SweepRow],
     grid: str,
@@ -105,20 +120,65 @@ def gain_text(
     speed: bool = True,
     names: Sequence[str] = TOP,
 ) -> str:
-    """What the top samplers bought, "ratio a–b, step speed-up c–d" (:func:`span` of the final ratio to
-    uniform and of the median step speed-up) over the rows of sub-grid ``grid`` whose sampler is in ``names`` and,
-    given ``axis``, with lo <= float(label[axis]) <= hi; without ``speed`` the ratio only; "n/a"."""
+    """What the top samplers bought over the rows of sub-grid ``grid`` whose sampler is in
+    ``names`` and, given ``axis``, with lo <= float(label[axis]) <= hi: "ratio a–b (better in k of
+    n, Holm), step speed-up c–d, FLOP speed-up e–f" (:func:`span` of the final ratios to uniform,
+    the rows' Holm verdicts from their tables, :func:`speed_span` of the median speed-ups per step
+    and per training FLOP); without ``speed`` the ratio and verdicts only; "n/a"."""
     if lo > hi:
         raise ValueError(f"lo={lo!r}, hi={hi!r} is not allowed: lo must be <= hi")
     sel = [
-        r.row
+        r
         for r in rows
         if r.grid == grid and base_name(r.labels.get("sampler", "")) in names and (axis is None or lo <= float(r.labels[axis]) <= hi)
     ]
     if not sel:
         return "n/a"
-    text = f"ratio {span([r['ratio'] for r in sel])}"
-    return text + (f", step speed-up {span([r['speedup_steps'] for r in sel])}" if speed else "")
+    better, worse, n = (sum(r.counts[i] for r in sel) for i in range(3))
+    verdict = f"better in {better}" + (f", worse in {worse}" if worse else "") + f" of {n}, Holm"
+    text = f"ratio {span([r.row['ratio'] for r in sel])} ({verdict})"
+    if not speed:
+        return text
+    text += f", step speed-up {speed_span([r.row['speedup_steps'] for r in sel])}"
+    if all("speedup_flops" in r.row for r in sel):
+        text += f", FLOP speed-up {speed_span([r.row['speedup_flops'] for r in sel])}"
+    return text
+
+
+def budget_text(budget: xr.Dataset | None, names: Sequence[str] = TOP) -> str:
+    """How the top samplers fare against uniform at each budget of the budget sweep (separate runs;
+    Holm over the sweep's table, :func:`fmstudy.sweeps.significant`): "300 steps: better in 0 of
+    2; 1,000 steps: better in 2 of 2; ..." (", worse in w" where some are); NOT_RUN without it."""
+    if budget is None or "steps" not in budget.dims:
+        return NOT_RUN
+    table = sweeps.budget_table(budget)
+    sig = sweeps.significant(table)
+    parts = []
+    for steps in sorted({float(i[0]) for i in sig.index}):
+        s = sig[[float(i[0]) == steps and base_name(i[-1]) in names for i in sig.index]]
+        if len(s):
+            worse = int((s > 0).sum())
+            parts.append(f"{steps:,.0f} steps: better in {int((s < 0).sum())}" + (f", worse in {worse}" if worse else "") + f" of {len(s)}")
+    return "; ".join(parts) or NOT_RUN
+
+
+def sample_quality_text(real: pd.DataFrame, sampler: str = "var_opt") -> str:
+    """Per benchmark of a real-data sample-quality table (``settings_report.sample_quality``):
+    ``sampler``'s median classifier Fréchet distance against uniform's and the floor, with its
+    paired sign test ("k of n seeds below uniform's, p"); "not run in this profile" without rows."""
+    if not len(real) or sampler not in set(real["sampler"].map(base_name)):
+        return NOT_RUN
+    parts = []
+    for bench, rows in real.groupby("benchmark", sort=False):
+        mine = rows[rows["sampler"].map(base_name) == sampler]
+        base = rows[rows["sampler"] == "uniform"]
+        if not len(mine) or not len(base):
+            continue
+        m, u = mine.iloc[0], base.iloc[0]
+        below = m["seeds below uniform's"]
+        parts.append(f"{bench}: {m['Fréchet distance (median)']:.3g} against uniform's {u['Fréchet distance (median)']:.3g} "
+                     f"(floor {m['floor']:.3g}; {below} seeds below uniform's, sign test p = {m['sign test p']:.2g})")
+    return "; ".join(parts) or NOT_RUN
 
 
 def correlation_text(grids: Mapping[str, xr.Dataset]) -> str:

@@ -18,8 +18,8 @@ from fmstudy import conclusions_sweeps as cs
 from fmstudy.analysis import Estimate
 
 
-def E(value: float, lo: float = math.nan, hi: float = math.nan, n: int = 10, p: float = math.nan) -> Estimate:
-    return Estimate(value, lo, hi, n, p=p)
+def E(value: float, lo: float = math.nan, hi: float = math.nan, n: int = 10, p: float = math.nan, below: float = math.nan) -> Estimate:
+    return Estimate(value, lo, hi, n, p=p, below=below)
 
 
 def table(rows: dict[str, tuple[Estimate, bool]]) -> pd.DataFrame:
@@ -110,12 +110,17 @@ def test_weighting_against_the_best_unbiased_allocation():
     )  # the biased row is no allocation of the question
     wt = table({"min_snr(gamma=5.0)": (E(1.24, 1.17, 1.32), True), "uncertainty": (E(0.75, 0.70, 0.79), True)})
     # best unbiased: mode, the first of the two at 0.9; its interval [0.78, 1.02] holds 0.79: they overlap
+    # best unbiased: mode, the first of the two at 0.9
     assert cc.weighting_vs_text(wt, alloc) == (
-        "below every unbiased allocation's at σ = 1 (point estimates): 0.75 against the best "
-        "allocation, mode, at 0.9; the intervals overlap"
+        "below every unbiased allocation's at σ = 1 (point estimates): 0.75 against the best allocation, mode, at 0.9"
     )
-    alloc = alloc.drop(index="mode")  # var_opt 0.9 [0.8, 1.0]: 0.79 < 0.8, the intervals do not overlap
-    assert cc.weighting_vs_text(wt, alloc).endswith("the best allocation, var_opt, at 0.9; the intervals do not overlap")
+    direct = Estimate(0.83, 0.78, 0.88, 10, p=0.0004)
+    assert cc.weighting_vs_text(wt, alloc, direct).endswith(
+        "at 0.9; paired by seed, uncertainty weighting / mode = 0.83 (95% CI 0.78 to 0.88, 10 seeds), p = 0.0004")
+    assert cc.best_allocation(alloc) == "mode" and cc.best_allocation(None) is None
+    alloc = alloc.drop(index="mode")
+    assert cc.weighting_vs_text(wt, alloc).endswith("the best allocation, var_opt, at 0.9")
+    assert cc.best_allocation(alloc) == "var_opt"
     worse = table({"uncertainty": (E(0.95, 0.9, 1.0), True)})
     assert cc.weighting_vs_text(worse, alloc) == (
         "not below every unbiased allocation's at σ = 1 (point estimates): 0.95 against the best allocation, var_opt, at 0.9"
@@ -191,6 +196,13 @@ def test_vs_uniform_pairs_a_sigma_one_subgrid_with_compares_uniform(tmp_path, mo
         assert got.loc[f"{w} (w)", "ratio"].value == pytest.approx(planted_ratio(r))
     assert cc.vs_uniform(None, sub, "weighting") is None and cc.vs_uniform(ds, None, "weighting") is None
     assert cc.vs_uniform(ds, sub, "target") is None and cc.vs_uniform(ds.sel(sigma=[0.0]), sub, "weighting") is None
+    # directly against an allocation, paired by seed: finals 1 - 0.4 r, so (1 - 0.6 S) / (1 - 0.2 S) per seed
+    direct = cc.head_to_head(ds, sub, "weighting", "uncertainty", "stratified")
+    want = np.log((1 - 0.4 * 1.5 * SPREAD) / (1 - 0.4 * 0.5 * SPREAD))
+    assert direct.value == pytest.approx(math.exp(want.mean())) and direct.n == 10
+    assert direct.p == pytest.approx(stats.ttest_1samp(want, 0).pvalue)
+    assert cc.head_to_head(ds, sub, "weighting", "nope", "stratified") is None and cc.head_to_head(ds, None, "weighting", "uncertainty", "var_opt") is None
+    assert cc.head_to_head(ds, sub, "weighting", "uncertainty", "nope") is None
 
 
 def row(ratio: float, speed: float) -> pd.Series:
@@ -205,9 +217,17 @@ def test_gain_over_the_top_samplers_of_a_setting():
         cs.SweepRow("sigma", {"sigma": 2.0, "sampler": "var_opt"}, row(0.6, 1.5), (1, 0, 1)),
         cs.SweepRow("real", {"benchmark": "digits", "sampler": "var_opt"}, row(1.0, math.nan), (0, 0, 1)),
     ]
-    assert cs.gain_text(rows, "sigma", "sigma", hi=1) == "ratio 0.87–0.92, step speed-up 1.12–1.28"
-    assert cs.gain_text(rows, "sigma", "sigma", lo=2, hi=2) == "ratio 0.60, step speed-up 1.50"
-    assert cs.gain_text(rows, "real", speed=False) == "ratio 1.00"
+    assert cs.gain_text(rows, "sigma", "sigma", hi=1) == "ratio 0.87–0.92 (better in 2 of 2, Holm), step speed-up 1.12–1.28"
+    assert cs.gain_text(rows, "sigma", "sigma", lo=2, hi=2) == "ratio 0.60 (better in 1 of 1, Holm), step speed-up 1.50"
+    assert cs.gain_text(rows, "real", speed=False) == "ratio 1.00 (better in 0 of 1, Holm)"
+    # per training FLOP too where the rows have it; a censored median reads as its bound
+    censored = E(math.nan, below=1.02)
+    flops = [cs.SweepRow("budget", {"steps": 3000, "sampler": s}, pd.Series({"ratio": E(r), "speedup_steps": sp, "speedup_flops": fl}), c)
+             for s, r, sp, fl, c in (("var_opt", 0.99, E(1.11), E(1.05), (0, 0, 1)), ("oracle_qstar", 1.08, censored, censored, (0, 1, 1)))]
+    assert cs.gain_text(flops, "budget", "steps", lo=3000, hi=3000) == (
+        "ratio 0.99–1.08 (better in 0, worse in 1 of 2, Holm), step speed-up 1.11, and < 1.02 (1 censored median), "
+        "FLOP speed-up 1.05, and < 1.02 (1 censored median)")
+    assert cs.speed_span([censored, E(math.nan, below=0.9)]) == "< 1.02 (2 censored medians)" and cs.speed_span([E(math.nan)]) == "n/a"
     assert cs.gain_text(rows, "budget", "steps", lo=300, hi=300) == "n/a"
     assert cs.variance_text(rows) == "4 better and 0 worse than uniform of 5 distinct cells"
     assert cs.variance_text([]) == "not run in this profile"
@@ -225,6 +245,10 @@ def test_sweep_rows_count_each_cell_once():
     budget["cell_id"].loc[dict(steps=1000, sampler="var_opt")] = "1.0|var_opt"  # the same run as sigma's sigma = 1
     assert cs.cell_of(sigma, ["sigma", "sampler"], (1.0, "var_opt")) == "1.0|var_opt"
     assert cs.cell_of(sigma, ["sigma", "sampler"], (1.0, "nope")) is None
+    # var_opt better and grad_norm neither at both budgets (worked out below); oracle_qstar not run
+    assert cs.budget_text(budget, ("var_opt", "grad_norm", "oracle_qstar")) == "300 steps: better in 1 of 2; 1,000 steps: better in 1 of 2"
+    assert cs.budget_text(budget, ("stratified",)) == "300 steps: better in 0, worse in 1 of 1; 1,000 steps: better in 0, worse in 1 of 1"
+    assert cs.budget_text(None) == "not run in this profile" and cs.budget_text(sigma) == "not run in this profile"
     grids = {"compare": sigma, "sigma": sigma, "budget": budget, "toys": sigma}
     counts, rows = cs.sweep_rows(grids, {"compare": "sigma", "sigma": "sigma", "budget": "steps", "toys": "benchmark"})
     # var_opt: ratio 0.4 / 0.6 (better), stratified 0.8 / 0.6 (worse), grad_norm's log-ratios +-0.067 around 0 (neither)
@@ -343,3 +367,14 @@ def test_stability_text_reads_the_largest_batch_of_the_sweep():
     )
     assert cs.stability_text(None) == "not run in this profile"
     assert cs.stability_text(sb.isel(lr=0)) == "not run in this profile"
+
+
+def test_sample_quality_sentence_per_benchmark():
+    real = pd.DataFrame({"benchmark": ["digits", "digits", "mnist1d", "mnist1d"], "sampler": ["uniform", "var_opt(metric=adam)", "uniform", "var_opt"],
+                         "Fréchet distance (median)": [15.16, 15.05, 61.2, 60.6], "seeds below uniform's": [None, "6 of 10", None, "7 of 10"],
+                         "sign test p": [math.nan, 0.754, math.nan, 0.344], "floor": [13.5, 13.5, 45.7, 45.7]})
+    assert cs.sample_quality_text(real) == (
+        "digits: 15.1 against uniform's 15.2 (floor 13.5; 6 of 10 seeds below uniform's, sign test p = 0.75); "
+        "mnist1d: 60.6 against uniform's 61.2 (floor 45.7; 7 of 10 seeds below uniform's, sign test p = 0.34)")
+    assert cs.sample_quality_text(real[real.sampler == "uniform"]) == "not run in this profile"
+    assert cs.sample_quality_text(pd.DataFrame()) == "not run in this profile"
