@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from .baseline_page import level_text, shown  # against_baseline's table for a page, re-exported
 from .costs import cell_costs, executions, grid_throughput_table, median_range  # the runs' cost, re-exported
 from .lr_tuning import collapse_rate
 from .stability import largest_stable_lr, spike_source, stability_table  # the chapters' tables, re-exported
@@ -32,7 +33,7 @@ from .tables import (  # the chapters' tables, re-exported
 
 __all__ = [
     "LR_RULE", "against_baseline", "as_text", "at_chosen_lr", "cell_costs", "comparison_table", "convergence_metric", "executions",
-    "final", "glue_number", "grid_throughput_table", "largest_stable_lr", "load_grid_results", "median_range", "one_rate", "model_of", "ok_records",
+    "final", "glue_number", "grid_throughput_table", "largest_stable_lr", "level_text", "load_grid_results", "median_range", "one_rate", "model_of", "ok_records",
     "profile", "results_dir", "run_flops", "run_link", "run_links_table", "samplers_of", "select_benchmark", "select_lr", "shown",
     "spike_source", "stability_table", "throughput_table", "tidy_curves",
 ]
@@ -240,37 +241,3 @@ def throughput_table(record: dict[str, Any]) -> pd.DataFrame:
         entry["peak memory (MB)"] = row["peak_memory_mb"]
         out.append(entry)
     return pd.DataFrame(out).set_index("configuration")
-
-
-def _ci(est: Any) -> str:
-    """``value [lo, hi]``; a censored median known only to lie below b reads ``< b`` beside its
-    interval, and an interval that does not exist (one seed) is left out."""
-    if not est.n:
-        return "n/a"
-    value = est.value_text(".3g")
-    return f"{value} [{est.lo:.3g}, {est.hi:.3g}]" if np.isfinite(est.lo) and np.isfinite(est.hi) else value
-
-
-def shown(table: pd.DataFrame, part: str = "final") -> pd.DataFrame:
-    """:func:`against_baseline`'s table for a page, value [interval] per column (95% t-intervals;
-    a median speed-up's interval is at its order statistics' exact level, 97.9% at 10 seeds),
-    in two parts narrow enough for the page: ``"final"`` (the final values and the paired
-    ratios to the baseline, and the seeds) and ``"speed-up"`` (steps and training FLOPs per
-    member to reach the baseline's final value)."""
-    if part == "final":
-        columns = {
-            "final value": table["final"].map(_ci),
-            "ratio to uniform": table["ratio"].map(_ci),
-            "objective ratio": table["objective_ratio"].map(_ci),
-            "unbiased": table["unbiased"],
-            "seeds": table["ratio"].map(lambda e: e.n),
-        }
-    elif part == "speed-up":
-        columns = {
-            "speed-up (steps)": table["speedup"].map(_ci),
-            "speed-up (training FLOPs)": table["speedup_flops"].map(_ci),
-            "seeds reaching": table["reached"].map(lambda r: f"{r:.0%}"),
-        }
-    else:
-        raise ValueError(f"part={part!r} is not allowed: part must be 'final' or 'speed-up'")
-    return pd.DataFrame(columns, index=table.index)

@@ -186,8 +186,22 @@ def test_against_baseline_and_shown_keep_working_with_censored_speedups():
     assert tab.loc["stratified", "reached"] == pytest.approx(0.7)
     assert tab.loc["stratified", "speedup"].censored == 3
     page = report.shown(tab, "speed-up")
-    assert page.loc["stratified", "speed-up (steps)"].startswith(f"{np.median(R_B):.3g} [0, ")
-    assert report.shown(tab, "final").loc["stratified", "seeds"] == 10
+    assert page.loc["stratified", ("speed-up (steps)", "median [97.9% CI]")].startswith(f"{np.median(R_B):.3g} [0, ")
+    assert page.loc["uniform", ("speed-up (steps)", "median [97.9% CI]")] == "—"
+    assert report.shown(tab, "final").loc["stratified", ("seeds", "")] == 10
+
+
+def test_shown_on_a_grid_matches_scipys_paired_t_tests_holm_adjusted_by_hand():
+    ds = _grid({"uniform": _cell(np.ones(10)), "stratified": _cell(R_B), "arcsine": _cell(R_C)})
+    page = report.shown(report.against_baseline(ds, "integrated_excess_ema", model=MLPConfig(dim=2, hidden=16, depth=2), batch_size=B))
+    p = [stats.ttest_rel(np.log(C * (1 - 0.4 * r)), np.log(0.6 * C)).pvalue for r in (R_B, R_C)]
+    lo, hi = sorted(p)
+    want = {p[0]: None, p[1]: None}
+    want[lo], want[hi] = min(1, 2 * lo), min(1, max(2 * lo, hi))
+    col = page[("p (Holm)", "over the table's 2 rows")]
+    assert col["stratified"] == f"{want[p[0]]:.2g}" and col["arcsine"] == f"{want[p[1]]:.2g}" and col["uniform"] == "—"
+    d = np.log((1 - 0.4 * R_C) / 0.6)
+    assert page.loc["arcsine", ("d_z", "Cohen's, per-seed log-ratios")] == f"{d.mean() / d.std(ddof=1):.2f}"
 
 
 @pytest.mark.parametrize(
@@ -222,3 +236,4 @@ def test_model_of_reads_the_common_parameters_and_the_benchmarks_suggestion():
         report.model_of(ds)
     ds = ds.assign_coords(batch_size=128)
     assert report.model_of(ds) == (MLPConfig(dim=2, hidden=bench.model_hidden, depth=bench.model_depth), 128)
+
