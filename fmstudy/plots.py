@@ -25,6 +25,7 @@ __all__ = [
     "ceiling_curves",
     "divergence_curves",
     "draw_sample",
+    "log_ticks",
     "member_curves",
     "predicted_vs_measured",
     "sampler_color",
@@ -230,37 +231,6 @@ def _errorbar(ax: plt.Axes, x: np.ndarray, estimates: Sequence, floor: float = 0
     ax.errorbar(x, y, yerr=err, capsize=2, **kw)
 
 
-def predicted_vs_measured(table: pd.DataFrame, ax: plt.Axes | None = None, predicted: str = "predicted", measured: str = "speedup_steps") -> plt.Axes:
-    """The central figure (issue 15): each point a sampler in one setting (a row of
-    ``prediction.predicted_vs_measured``), the speed-up the variance account predicts (4.6) on
-    x against the measured one (an Estimate with its interval) on y, log-log with the identity;
-    coloured by sampler, marked by benchmark. A point whose measured median is not identified
-    (most seeds never reached uniform's final value: a slower sampler) is drawn as an open
-    triangle at its interval's upper end, a bound, and counted in the title."""
-    ax = _ax(ax, (5.6, 5.0))
-    ok = table[measured].map(lambda e: np.isfinite(e.value) and e.value > 0) & (table[predicted] > 0)
-    shown = table[ok].reset_index()
-    shown["_bench"] = shown["benchmark"].astype(str) if "benchmark" in shown else ""
-    markers = dict(zip(dict.fromkeys(shown["_bench"]), "osD^P*X<>"))
-    floor = 0.5 * float(shown[measured].map(lambda e: e.value).min()) if len(shown) else 0.0
-    for (sampler, bench), rows in shown.groupby(["sampler", "_bench"], sort=False):
-        _errorbar(ax, rows[predicted].to_numpy(float), list(rows[measured]), floor=floor, fmt=markers[bench], color=sampler_color(sampler),
-                  ms=5, lw=0.8, label=f"{sampler}" + (f", {bench}" if bench else ""))
-    bound = table[~ok & (table[predicted] > 0) & table[measured].map(lambda e: np.isfinite(e.hi) and e.hi > 0)]
-    if len(bound):
-        ax.scatter(bound[predicted].to_numpy(float), bound[measured].map(lambda e: e.hi).to_numpy(float), marker="v", s=30,
-                   facecolors="none", edgecolors=[sampler_color(s) for s in bound["sampler"]], label="not reached: upper bound")
-    vals = np.r_[shown[predicted].to_numpy(float), shown[measured].map(lambda e: e.value).to_numpy(float),
-                 bound[predicted].to_numpy(float), bound[measured].map(lambda e: e.hi).to_numpy(float)]
-    lo, hi = (vals.min() / 1.2, vals.max() * 1.2) if vals.size else (0.5, 2.0)
-    ax.plot([lo, hi], [lo, hi], color="0.5", lw=0.8, ls="--", label="measured = predicted")
-    ax.set(xscale="log", yscale="log", xlabel="predicted speed-up (variance account, 4.6)", ylabel="measured speed-up (steps)")
-    ax.set_title(f"{int(ok.sum())} points" + (f", {int((~ok).sum())} not identified ({len(bound)} as bounds)" if (~ok).any() else ""),
-                 fontsize="small")
-    ax.legend(frameon=False, fontsize="x-small")
-    return ax
-
-
 def divergence_curves(table: pd.DataFrame, ax: plt.Axes | None = None, lr: str = "lr", outcome: str = "diverged") -> plt.Axes:
     """The share of seeds that diverged (or ``outcome``: "failed") against the learning rate (log), one line per sampler,
     with Wilson intervals (analysis A.8): ``stability.stability_table``'s rows with every index
@@ -279,3 +249,7 @@ def divergence_curves(table: pd.DataFrame, ax: plt.Axes | None = None, lr: str =
     ax.set(xscale="log", ylim=(-0.03, 1.03), xlabel="learning rate", ylabel=f"share of seeds {outcome}")
     ax.legend(frameon=False, fontsize="x-small")
     return ax
+
+
+# The central figure of chapter 7 lives in its own module (it imports this one's colours and error bars).
+from .prediction_plot import log_ticks, predicted_vs_measured  # noqa: E402

@@ -16,6 +16,7 @@ p = P(|Bin(n, 1/2) - n/2| >= |k - n/2|).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,9 +28,11 @@ from scipy import stats
 from . import analysis, lr_tuning, prediction, report, sweeps, tables
 from .analysis import Estimate
 from .conclusions_sweeps import SWEEPS
+from .train import TrainConfig
 
 __all__ = [
     "OTHERS",
+    "budget_setup",
     "PVM_COLUMNS",
     "SHOW",
     "calibration_text",
@@ -39,6 +42,7 @@ __all__ = [
     "prediction_summary",
     "pvm_table",
     "sample_quality",
+    "sample_quality_shown",
     "shown",
     "table_over",
     "with_final_gain",
@@ -71,6 +75,34 @@ def table_over(ds: xr.Dataset, axis: str) -> pd.DataFrame:
     if not len(t):  # uniform alone: nothing to compare
         return t
     return t.assign(p_holm=analysis.holm(t["p"].to_numpy(float)), reached=t["speedup_steps"].map(lambda e: e.n - e.censored))
+
+
+def budget_setup(ds: xr.Dataset) -> dict[str, str]:
+    """What differs between the budgets of a budget sweep besides the steps, as text: ``rates``,
+    each sampler's learning rate (``lr_used``) and whether it is the same at every budget;
+    ``feedback``, the steps between the adaptive samplers' feedback (``feedback_every``) at each
+    budget, from the cells that ran (a grid axis, else the grid's fixed parameter)."""
+    ids = ds["cell_id"]
+    if "steps" not in ids.dims:
+        raise ValueError(f"results with axes {list(ids.dims)} are not allowed: a budget sweep has a 'steps' axis")
+    ran = ids.to_dataframe(name="id").reset_index()
+    ran = ran[ran["id"] != ""]
+    fixed = json.loads(ds.attrs.get("fixed") or "{}")
+    if "feedback_every" not in ran:
+        ran["feedback_every"] = fixed.get("feedback_every", TrainConfig.feedback_every)
+    if "lr_used" in ds:
+        lr = ds["lr_used"].to_dataframe().reset_index().dropna(subset=["lr_used"])
+        lr = lr[lr.set_index(list(ids.dims)).index.isin(ran.set_index(list(ids.dims)).index)]
+        per = lr.groupby("sampler", sort=False)["lr_used"].unique()
+        if all(len(v) == 1 for v in per) and per.map(lambda v: v[0]).nunique() == 1:
+            rates = f"{per.iloc[0][0]:g} for every sampler at every budget"
+        else:
+            rates = "; ".join(f"{name} {', '.join(f'{v:g}' for v in vals)}" for name, vals in per.items())
+    else:
+        rates = f"{fixed['lr']:g} for every sampler at every budget" if "lr" in fixed else "n/a"
+    by = ran.groupby("feedback_every", sort=True)["steps"].unique()
+    feedback = "; ".join(f"every {fe:g} steps at {', '.join(f'{st:,.0f}' for st in sorted(steps))} steps" for fe, steps in by.items())
+    return {"rates": rates, "feedback": feedback}
 
 
 def other_tables(grids: Mapping[str, xr.Dataset], names: Sequence[str] = OTHERS) -> dict[str, pd.DataFrame]:
@@ -194,6 +226,20 @@ def sample_quality(ds: xr.Dataset | None) -> tuple[pd.DataFrame, tuple | None]:
                          "sign test p": np.nan if name == "uniform" else stats.binomtest(k, fd.n).pvalue,
                          "floor": float(t.floor_frechet), "sliced W2 (median)": sw.value, "sliced W2 floor": float(t.floor_sw)})
     return pd.DataFrame(rows), (max(worst) if worst else None)
+
+
+def sample_quality_shown(real: pd.DataFrame) -> pd.DataFrame:
+    """:func:`sample_quality`'s table for the page, indexed by (benchmark, sampler): uniform's
+    comparisons with itself (objective ratio, seeds below, sign test) read "—"; the sign test's p
+    to 2 significant digits, the other numbers to 4; an empty table unchanged."""
+    if not len(real):
+        return real
+    own = real["sampler"] == "uniform"
+    out = real.set_index(["benchmark", "sampler"]).round(4).astype(object)
+    cols = ["held-out objective ratio to uniform", "seeds below uniform's", "sign test p"]
+    out["sign test p"] = [f"{p:.2g}" for p in real["sign test p"]]
+    out.loc[own.to_numpy(), cols] = "—"
+    return out
 
 
 def fd_text(real: pd.DataFrame, worst: tuple | None) -> str:

@@ -249,3 +249,4 @@ def test_sample_quality_medians_sign_test_and_worst_seed():
     assert list(fixed["benchmark"]) == ["digits", "digits"] and list(fixed["CI"]) == ["11 to 18", "10 to 19"]
     empty, none = sr.sample_quality(None)
     assert empty.empty and none is None and sr.fd_text(empty, none) == "No real-data runs in this profile."
+
