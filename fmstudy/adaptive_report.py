@@ -21,7 +21,7 @@ import pandas as pd
 import xarray as xr
 
 from . import plots, report
-from .account_report import predicted_gains
+from .account_report import above_ceiling, predicted_gains, shown
 from .analysis import Estimate
 from .conclusions import ADAPTIVE, vs_uniform
 from .frames import require_columns
@@ -37,6 +37,7 @@ __all__ = [
     "headline",
     "not_run_text",
     "others_table",
+    "predicted_shown",
     "predicted_tables",
     "q_figure",
     "ran_text",
@@ -157,10 +158,17 @@ def headline(speed: pd.DataFrame, sigma: float | None, name: str = "var_opt") ->
     )
 
 
+def predicted_shown(pred: pd.DataFrame, fmt: str = ".3g") -> pd.DataFrame:
+    """A table of :func:`predicted_tables` for a page: numbers to ``fmt`` (3 significant figures),
+    an infinite noise scale as ``account_report.NO_SIGNAL``, an Estimate as "value [lo, hi]"."""
+    return report.as_text(shown(pred, fmt), fmt)
+
+
 def predicted_tables(cmp: Comparison | None, speed: pd.DataFrame) -> dict[float, pd.DataFrame]:
     """Per sigma, ``account_report.predicted_gains`` of the comparison with a ``measured speed-up``
     column from :func:`speed_table` (1 for uniform, its own baseline; NaN for a sampler without a
-    row); empty without a comparison or without the variance account."""
+    row) and ``account_report.above_ceiling`` as ``above R's prediction``; empty without a
+    comparison or without the variance account."""
     if cmp is None or "var_adam_gain_run" not in cmp.ad:
         return {}
     _, batch = report.model_of(cmp.ad)
@@ -170,6 +178,7 @@ def predicted_tables(cmp: Comparison | None, speed: pd.DataFrame) -> dict[float,
         meas = speed[speed.sigma == sigma].set_index("sampler")["speedup"]
         # uniform is the baseline: its speed-up over itself is 1 by definition
         pred["measured speed-up"] = [1.0 if k == "uniform" else meas[k] if k in meas.index else float("nan") for k in pred.index]
+        pred["above R's prediction"] = above_ceiling(pred)
         out[sigma] = pred
     return out
 

@@ -116,6 +116,9 @@ def test_predicted_tables_put_the_measured_speedup_beside_the_prediction():
     assert t.loc["var_opt", "gain V(U)/V(q)"] == pytest.approx(1.2) and t.loc["uniform", "gain V(U)/V(q)"] == pytest.approx(1.0)
     assert t.loc["uniform", "measured speed-up"] == 1.0  # its own baseline
     assert t.loc["var_opt", "measured speed-up"].value == pytest.approx(1.25)
+    # planted R = 2 at B_noise = B: R predicts (1 + 1) / (1 + 1/2) = 4/3 > 1.25, so not above it
+    assert t.loc["var_opt", "predicted speed-up of R"] == pytest.approx(4 / 3)
+    assert t.loc["var_opt", "above R's prediction"] == "no" and t.loc["uniform", "above R's prediction"] == "n/a"
     no_vo = ar.predicted_tables(cmp, speed[speed.sampler != "var_opt"])[0.0]
     assert math.isnan(no_vo.loc["var_opt", "measured speed-up"])
     assert ar.predicted_tables(None, speed) == {}
@@ -243,3 +246,11 @@ def test_figures_have_one_panel_per_sigma_or_sampler():
     fig = stab.stability_figure(xr.Dataset(), table.xs(0.0, level="sigma"))
     assert [ax.get_title() for ax in fig.axes] == [""]
     plt.close("all")
+
+
+def test_predicted_shown_gives_three_figures_and_names_infinity():
+    table = pd.DataFrame({"predicted speed-up of R": [1.1234, 1.0], "B_noise / B": [math.inf, 3.14159],
+                          "measured speed-up": [E(1.28, 1.16, 1.30), 1.0]}, index=["a", "uniform"])
+    shown = ar.predicted_shown(table)
+    assert list(shown["predicted speed-up of R"]) == ["1.12", "1"] and list(shown["measured speed-up"]) == ["1.28 [1.16, 1.3]", "1"]
+    assert list(shown["B_noise / B"]) == ["∞ (no signal resolved)", "3.14"]
