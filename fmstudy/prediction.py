@@ -34,14 +34,18 @@ import pandas as pd
 import xarray as xr
 from scipy import stats
 
-from .account_report import predicted_gains
+from .account_report import above_ceiling, predicted_gains
 from .analysis import Estimate
 from .checks import check_float, check_int
 from .lr_tuning import cell_param
 from .sweeps import comparison_groups
 from .tables import comparison_table
 
-__all__ = ["predicted_vs_measured", "prediction_correlation"]
+__all__ = [
+    "beyond_ceiling_text",
+    "predicted_vs_measured",
+    "prediction_correlation",
+]
 
 _SETTING = ("benchmark", "benchmark_options", "sigma", "steps")
 
@@ -154,3 +158,18 @@ def prediction_correlation(
         lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2]) if boot.size else (math.nan, math.nan)
         out[name] = Estimate(float(ref.statistic), float(lo), float(hi), n, level, p=float(ref.pvalue), method=method, unit="point")
     return out
+
+
+def beyond_ceiling_text(pvm: pd.DataFrame) -> str:
+    """Over the points of :func:`predicted_vs_measured`, how many measured step speed-ups exceed
+    the speed-up the ceiling R predicts (``predicted_R``, 4.6): beyond their interval (each its
+    own, not corrected over the points), naming them, and in the point estimate only
+    (:func:`fmstudy.account_report.above_ceiling`); "not measured in this profile" without points."""
+    flags = above_ceiling(pvm, "predicted_R", "speedup_steps") if len(pvm) else pd.Series(dtype=object)
+    flags = flags[flags != "n/a"]
+    if not len(flags):
+        return "not measured in this profile"
+    beyond = [f"{pvm.loc[i, 'sampler']} on {pvm.loc[i, 'dataset']} at σ = {float(pvm.loc[i, 'sigma']):g}" for i in flags.index[flags == "beyond its interval"]]
+    point = int((flags == "point estimate only").sum())
+    return (f"{len(beyond)} of {len(flags)} measured step speed-ups exceed the ceiling's predicted speed-up beyond their interval"
+            + (f" ({'; '.join(beyond)})" if beyond else "") + f", {point} more in the point estimate only")

@@ -17,7 +17,7 @@ from scipy import stats
 
 from fmstudy import plots
 from fmstudy.analysis import Estimate
-from fmstudy.prediction import predicted_vs_measured, prediction_correlation
+from fmstudy.prediction import beyond_ceiling_text, predicted_vs_measured, prediction_correlation
 
 
 def S(r: float) -> float:
@@ -147,3 +147,14 @@ def test_the_central_figure_draws_every_identified_point_with_its_interval_and_t
     identity = [ln for ln in ax.get_lines() if ln.get_label() == "measured = predicted"][0]
     assert np.allclose(identity.get_xdata(), identity.get_ydata()) and ax.get_xscale() == "log" and ax.get_yscale() == "log"
     matplotlib.pyplot.close("all")
+
+
+def test_beyond_ceiling_counts_and_names_the_settings_above_the_predicted_ceiling():
+    pvm = pd.DataFrame({"sampler": ["var_opt", "oracle_qstar", "grad_norm", "uniform"], "dataset": ["sigma"] * 4, "sigma": [0.5] * 4,
+                        "predicted_R": [1.111, 1.124, 1.12, 1.0],
+                        "speedup_steps": [Estimate(1.21, 1.16, 1.32, 10), Estimate(1.13, 1.05, 1.3, 10), Estimate(1.0, 0.9, 1.1, 10), None]})
+    # var_opt: lower bound 1.16 > 1.111 (beyond); oracle_qstar: 1.13 > 1.124 > 1.05 (point only); grad_norm: no; uniform: n/a
+    assert beyond_ceiling_text(pvm) == (
+        "1 of 3 measured step speed-ups exceed the ceiling's predicted speed-up beyond their interval (var_opt on sigma at σ = 0.5), "
+        "1 more in the point estimate only")
+    assert beyond_ceiling_text(pvm.iloc[:0]) == "not measured in this profile"
