@@ -1,6 +1,7 @@
 """Chapter 8's analysis (cost and performance): the throughput benchmarks as the page shows them
 (medians over rounds with their ranges), the shipped GPU measurements, the whole-grid packing
-measurement's sentence, and a profile's compute per cell and wall-clock per execution.
+measurement's sentence, and a profile's wall-clock per execution (its compute per sampler is in
+:mod:`fmstudy.sampler_costs`).
 
 The tables come from :mod:`fmstudy.costs` (re-exported by :mod:`fmstudy.report`): a throughput
 ratio is the median over rounds r of rate_r / naive_r with its range (min-max); the packing ratio
@@ -15,23 +16,19 @@ import json
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from . import plots, report
+from . import report
 from .frames import require_columns
 
 __all__ = [
     "configuration_sampler",
     "executions_text",
-    "flops_figure",
     "grid_throughput_shown",
     "grid_throughput_text",
     "measurement_caption",
-    "most_extra",
     "packing_verdict",
-    "per_sampler_table",
     "rates_shown",
     "read_record",
     "shipped_measurements",
@@ -164,43 +161,6 @@ def train_share(runs: pd.DataFrame) -> float:
     """Training's share of the executions' summed wall time, in percent: 100 sum T_train / sum W."""
     require_columns(runs, ("train_seconds", "wall_seconds"), "table of executions")
     return 100 * runs["train_seconds"].sum() / runs["wall_seconds"].sum()
-
-
-def most_extra(cost: pd.DataFrame) -> tuple[str, float]:
-    """(sampler, extra backward samples per training sample) of the sampler with the most, its
-    largest over its cells (``report.cell_costs``); the first in name order on a tie."""
-    require_columns(cost, ("sampler", "extra_backward_per_sample"), "table of cell costs")
-    if not len(cost):
-        raise ValueError("an empty table of cell costs is not allowed: it needs at least one cell")
-    ex = cost.groupby("sampler")["extra_backward_per_sample"].max()
-    return str(ex.idxmax()), float(ex.max())
-
-
-def per_sampler_table(cost: pd.DataFrame) -> pd.DataFrame:
-    """Per (sub-grid, sampler) of ``report.cell_costs``: its cells, seeds and steps (the most),
-    mean training GFLOPs per member and mean extra forward and backward samples per training
-    sample, to 2 decimals."""
-    per = cost.groupby(["sub-grid", "sampler"]).agg(
-        cells=("id", "size"),
-        seeds=("members", "max"),
-        steps=("steps", "max"),
-        gflops_per_member=("flops_per_member", lambda f: f.mean() / 1e9),
-        extra_fwd=("extra_forward_per_sample", "mean"),
-        extra_bwd=("extra_backward_per_sample", "mean"),
-    )
-    names = {"gflops_per_member": "training GFLOPs per member", "extra_fwd": "extra fwd / sample", "extra_bwd": "extra bwd / sample"}
-    return per.rename(columns=names).round(2)
-
-
-def flops_figure(cost: pd.DataFrame) -> plt.Figure:
-    """Training GFLOPs per member (mean over the cells) per sampler of the sub-grid with the most samplers, smallest first."""
-    require_columns(cost, ("sub-grid", "sampler", "flops_per_member"), "table of cell costs")
-    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
-    main = cost.groupby("sub-grid")["sampler"].nunique().idxmax()  # the sub-grid with the most samplers
-    g = cost[cost["sub-grid"] == main].groupby("sampler")["flops_per_member"].mean().sort_values() / 1e9
-    ax.barh(g.index, g.values, color=[plots.sampler_color(s) for s in g.index])
-    ax.set(xlabel="training GFLOPs per member (mean over the cells)", title=f"sub-grid '{main}'")
-    return fig
 
 
 def wall_table(runs: pd.DataFrame) -> pd.DataFrame:

@@ -1,19 +1,16 @@
 """Chapter 8's analysis (fmstudy.cost_report) on hand-made benchmark records and cost tables:
 ranges and ratios worked out round by round, the packing sentence and verdicts, the shipped
-measurements' captions, and per-sampler and per-execution tables computed by hand."""
+measurements' captions, and the per-execution table computed by hand (per-sampler costs:
+tests/test_sampler_costs.py)."""
 
 import json
 
-import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
 
 from fmstudy import cost_report as cr
 from fmstudy import report
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _rounds(rates: list[float]) -> list[dict]:
@@ -161,36 +158,3 @@ def test_executions_and_their_wall_clock():
     with pytest.raises(ValueError, match=r"it needs \['wall_seconds'\]$"):
         cr.train_share(runs.drop(columns="wall_seconds"))
 
-
-def cost_table() -> pd.DataFrame:
-    """Five cells: sub-grid s1 with three samplers, s2 with one."""
-    rows = [
-        ("s1", "uniform", 10, 1000, 50e9, 0.0, 0.0),
-        ("s1", "uniform", 10, 1000, 54e9, 0.0, 0.0),
-        ("s1", "oracle_qstar", 10, 1000, 60e9, 0.1, 0.1),
-        ("s1", "var_opt", 8, 1000, 55e9, 0.0, 0.0),
-        ("s2", "oracle_qstar", 3, 300, 4e9, 0.2, 0.3),
-    ]
-    cols = ["sub-grid", "sampler", "members", "steps", "flops_per_member", "extra_forward_per_sample", "extra_backward_per_sample"]
-    return pd.DataFrame(rows, columns=cols).assign(id=[f"c{i}" for i in range(5)])
-
-
-def test_per_sampler_costs_and_the_most_extra_work():
-    per = cr.per_sampler_table(cost_table())
-    assert per.loc[("s1", "uniform")].tolist() == [2, 10, 1000, 52.0, 0.0, 0.0]  # mean of 50 and 54 GFLOPs
-    assert per.loc[("s2", "oracle_qstar")].tolist() == [1, 3, 300, 4.0, 0.2, 0.3]
-    assert list(per.columns) == ["cells", "seeds", "steps", "training GFLOPs per member", "extra fwd / sample", "extra bwd / sample"]
-    assert cr.most_extra(cost_table()) == ("oracle_qstar", 0.3)  # its largest over its cells
-    with pytest.raises(ValueError, match=r"^an empty table of cell costs is not allowed"):
-        cr.most_extra(cost_table().iloc[:0])
-
-
-def test_flops_figure_shows_the_subgrid_with_the_most_samplers():
-    fig = cr.flops_figure(cost_table())
-    (ax,) = fig.axes
-    assert ax.get_title() == "sub-grid 's1'"
-    labels = [t.get_text() for t in ax.get_yticklabels()]
-    widths = [p.get_width() for p in ax.patches]
-    assert labels == ["uniform", "var_opt", "oracle_qstar"]  # smallest first: 52, 55, 60 GFLOPs per member
-    assert widths == pytest.approx([52.0, 55.0, 60.0])
-    plt.close(fig)
