@@ -101,7 +101,7 @@ def _ax(ax: plt.Axes | None, size: tuple[float, float] = (6.4, 4.0)) -> plt.Axes
 
 
 def _step_axis(ax: plt.Axes) -> None:
-    """Training steps on a log axis that still shows step 0 (checkpoints are log-spaced from 0)."""
+    """Training steps on a log axis that still shows step 0 (checkpoints are log-spaced early, evenly spaced late)."""
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlim(left=0)
 
@@ -136,13 +136,13 @@ def band_curves(df: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | None 
 
 
 def t_step_heatmap(da: xr.DataArray, ax: plt.Axes | None = None, log: bool = True, title: str | None = None, cmap: str = "viridis") -> plt.Axes:
-    """``da`` [checkpoint, t_bin] as a t (horizontal) by training-step (vertical) heatmap."""
+    """``da`` [checkpoint, t_bin] as a t (horizontal) by checkpoint (vertical, equal row heights, labelled by step) heatmap."""
     ax = _ax(ax)
     da = da.transpose("checkpoint", "t_bin")
     vals = da.values.astype(float)
     edges_t = np.append(da["t_lo"].values, da["t_hi"].values[-1])
     steps = da["checkpoint"].values.astype(float)
-    rows = np.arange(len(steps) + 1)  # one row per checkpoint (log-spaced), labelled by its step
+    rows = np.arange(len(steps) + 1)  # one row per checkpoint, equal heights (not to scale in steps), labelled by its step
     pos = vals[np.isfinite(vals) & (vals > 0)]
     norm = matplotlib.colors.LogNorm(pos.min(), pos.max()) if log and pos.size else None
     mesh = ax.pcolormesh(edges_t, rows, np.where(np.isfinite(vals) & ((vals > 0) | (not log)), vals, np.nan), norm=norm, cmap=cmap)
