@@ -27,25 +27,13 @@ from scipy import stats
 
 from . import analysis, lr_tuning, prediction, report, sweeps, tables
 from .analysis import Estimate
+from .baseline_page import level_text
 from .conclusions_sweeps import SWEEPS
 from .train import TrainConfig
 
 __all__ = [
-    "OTHERS",
-    "budget_setup",
-    "PVM_COLUMNS",
-    "SHOW",
-    "calibration_text",
-    "fd_text",
-    "holm_total",
-    "other_tables",
-    "prediction_summary",
-    "pvm_table",
-    "sample_quality",
-    "sample_quality_shown",
-    "shown",
-    "table_over",
-    "with_final_gain",
+    "OTHERS", "budget_setup", "PVM_COLUMNS", "SHOW", "calibration_text", "fd_text", "holm_total", "other_tables",
+    "prediction_summary", "pvm_table", "sample_quality", "sample_quality_shown", "shown", "table_over", "with_final_gain",
 ]
 
 SHOW = ["ratio", "p_holm", "ratio_simultaneous", "effect", "n", "speedup_steps", "speedup_flops", "reached", "lr"]  # a sweep table's columns on the page
@@ -55,8 +43,11 @@ PVM_COLUMNS = ["dataset", "benchmark", "benchmark_options", "sigma", "steps", "s
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
-    """The :data:`SHOW` columns a comparison table has, as text (``tables.as_text``)."""
-    return tables.as_text(table[[c for c in SHOW if c in table]])
+    """The :data:`SHOW` columns a comparison table has, as text (``tables.as_text``), each column
+    of intervals named with their level (``baseline_page.level_text``), e.g. "ratio [95% CI]"."""
+    out = tables.as_text(table[[c for c in SHOW if c in table]])
+    levels = {c: level_text(table[c]) for c in out.columns if len(table) and isinstance(table[c].iloc[0], Estimate)}
+    return out.rename(columns={c: f"{c} [{lv} CI]" for c, lv in levels.items()})
 
 
 def table_over(ds: xr.Dataset, axis: str) -> pd.DataFrame:
@@ -182,8 +173,15 @@ def prediction_summary(pvm: pd.DataFrame) -> dict[str, tuple[Any, str]]:
 
 
 def pvm_table(pvm: pd.DataFrame) -> pd.DataFrame:
-    """The :data:`PVM_COLUMNS` of the predicted-against-measured table, indexed by (dataset, sampler), as text."""
-    return tables.as_text(pvm[[c for c in PVM_COLUMNS if c in pvm]].set_index(["dataset", "sampler"]))
+    """The :data:`PVM_COLUMNS` of the predicted-against-measured table, indexed by (dataset, sampler), as text,
+    with "above R's prediction": how each measured step speed-up stands against the speed-up the
+    ceiling R predicts (``account_report.above_ceiling``)."""
+    from .account_report import above_ceiling
+
+    t = pvm[[c for c in PVM_COLUMNS if c in pvm]]
+    if "predicted_R" in t and "speedup_steps" in t:
+        t = t.assign(**{"above R's prediction": above_ceiling(t, "predicted_R", "speedup_steps")})
+    return tables.as_text(t.set_index(["dataset", "sampler"]))
 
 
 def _median(v: np.ndarray) -> Estimate:

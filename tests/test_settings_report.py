@@ -200,8 +200,11 @@ def test_prediction_summary_by_hand():
     assert sr.prediction_summary(_pvm().iloc[2:])["or_pearson"] == ("n/a", ".2f")  # one oracle point
     assert sr.prediction_summary(pd.DataFrame()) == {k: ("n/a", ".3g") for k in sr.SUMMARY}
     t = sr.pvm_table(_pvm())
-    assert t.index.names == ["dataset", "sampler"] and list(t.columns) == [c for c in sr.PVM_COLUMNS if c not in ("dataset", "sampler")]
+    assert t.index.names == ["dataset", "sampler"]
+    assert list(t.columns) == [c for c in sr.PVM_COLUMNS if c not in ("dataset", "sampler")] + ["above R's prediction"]
     assert t["ratio"].iloc[0] == "0.909 [0.909, 0.909]"
+    # measured 1.21, 1.69, 2.56 [0, 9], NaN against R's predicted 1.5, 1.7, 1.8, 2.4
+    assert list(t["above R's prediction"]) == ["no", "no", "point estimate only", "n/a"]
 
 
 def _real(axis: bool = True) -> xr.Dataset:
