@@ -40,3 +40,15 @@ def test_budget_setup_says_the_rates_and_the_feedback_interval_of_each_budget():
     assert sr.budget_setup(one) == {"rates": "0.01 for every sampler at every budget", "feedback": "every 10 steps at 300, 1,000 steps"}
     with pytest.raises(ValueError, match="a budget sweep has a 'steps' axis"):
         sr.budget_setup(grid({("uniform",): planted_cell(1.0)}, ["sampler"]))
+
+
+def test_shown_names_each_interval_column_with_its_level():
+    from fmstudy.analysis import Estimate
+
+    table = pd.DataFrame({"ratio": [Estimate(0.9, 0.8, 1.0, 10), Estimate(1.1, 1.0, 1.2, 10)],
+                          "ratio_simultaneous": [Estimate(0.9, 0.7, 1.1, 10, 0.99), Estimate(1.1, 0.9, 1.3, 10, 0.99)],
+                          "speedup_steps": [Estimate(1.2, 1.0, 1.3, 10, 0.979), Estimate(float("nan"), 0.0, 1.0, 10, 0.979, below=1.0)],
+                          "n": [10, 10], "p_holm": [0.04, 0.5]}, index=["a", "b"])
+    page = sr.shown(table)
+    assert list(page.columns) == ["ratio [95% CI]", "p_holm", "ratio_simultaneous [99% CI]", "n", "speedup_steps [97.9% CI]"]
+    assert list(page["speedup_steps [97.9% CI]"]) == ["1.2 [1, 1.3]", "< 1 [0, 1]"] and list(page["p_holm"]) == ["0.04", "0.5"]
