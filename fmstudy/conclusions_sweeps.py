@@ -181,13 +181,11 @@ def sample_quality_text(real: pd.DataFrame, sampler: str = "var_opt") -> str:
     return "; ".join(parts) or NOT_RUN
 
 
-def correlation_text(grids: Mapping[str, xr.Dataset]) -> str:
+def correlation_text(pvm: pd.DataFrame) -> str:
     """The Pearson correlation (log scale) of predicted step speed-up and measured final ratio
-    over the sampler-settings of ``grids`` (``prediction.prediction_correlation``) with its
-    cluster-bootstrap interval; "not measured in this profile" under 3 points."""
-    if not grids:
-        return "not measured in this profile"
-    pvm = prediction.predicted_vs_measured(dict(grids))
+    over the sampler-settings of ``pvm`` (``prediction.predicted_vs_measured``, computed once by
+    the caller, who reads it for more than this) with its cluster-bootstrap interval
+    (``prediction.prediction_correlation``); "not measured in this profile" under 3 points."""
     if len(pvm) < 3:
         return "not measured in this profile"
     pc = prediction.prediction_correlation(pvm, measured="ratio")

@@ -16,6 +16,7 @@ from scipy import stats
 from fmstudy import conclusions as cc
 from fmstudy import conclusions_sweeps as cs
 from fmstudy.analysis import Estimate
+from fmstudy.prediction import predicted_vs_measured
 
 
 def E(value: float, lo: float = math.nan, hi: float = math.nan, n: int = 10, p: float = math.nan, below: float = math.nan) -> Estimate:
@@ -274,7 +275,7 @@ def test_correlation_sentence():
     centre = {"arcsine(floor=0.05, reweight=True)": 1.1, "var_opt": 1.6, "grad_norm": 1.3}
     cells = {(sg, "uniform"): planted_cell(np.ones(10)) for sg in (0.0, 1.0)}
     cells.update({(sg, s): planted_cell((centre[s] + sg / 10) * SPREAD, gain=g) for sg in (0.0, 1.0) for s, g in gains.items()})
-    text = cs.correlation_text({"sigma": grid(cells, ["sigma", "sampler"], fixed=fixed)})
+    text = cs.correlation_text(predicted_vs_measured({"sigma": grid(cells, ["sigma", "sampler"], fixed=fixed)}))
     # (4.6) with B_noise = B: S(r) = 2 / (1 + 1 / r); measured: the planted ratio, read as a gain 1 / ratio; Pearson on logs
     x = [math.log(2 / (1 + 1 / gains[s])) for sg in (0.0, 1.0) for s in gains]
     y = [-math.log(planted_ratio((centre[s] + sg / 10) * SPREAD)) for sg in (0.0, 1.0) for s in gains]
@@ -288,8 +289,8 @@ def test_correlation_sentence():
         ["steps", "sampler"],
         fixed={"benchmark": "gmm8", "batch_size": 64, "sigma": 1.0},
     )
-    assert cs.correlation_text({"budget": one}) == "not measured in this profile"  # one point
-    assert cs.correlation_text({}) == "not measured in this profile"
+    assert cs.correlation_text(predicted_vs_measured({"budget": one})) == "not measured in this profile"  # one point
+    assert cs.correlation_text(pd.DataFrame()) == "not measured in this profile"
 
 
 def stab_tables(failed: dict, lrs=(0.1, 0.3, 0.6)) -> tuple[pd.DataFrame, pd.DataFrame]:
