@@ -113,13 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     if not (Path(args.results) / "cells").is_dir():
         print(f"python -m fmstudy.trim: results={args.results!r} is not allowed: it must be a results folder (with cells/)", file=sys.stderr)
         return 2
+    grids, keep = [g for g in args.grids.split(",") if g], [k for k in args.keep.split(",") if k]
     try:
-        done = trim(args.results, [g for g in args.grids.split(",") if g], [k for k in args.keep.split(",") if k])
+        done = trim(args.results, grids, keep)
     except ValueError as err:
         print(f"python -m fmstudy.trim: {err}", file=sys.stderr)
         return 2
     print("trim:", done)
-    record_trim(args.results, args.grids.split(","), args.keep.split(","), done)
+    record_trim(args.results, grids, keep, done)
     return 0
 
 
@@ -130,8 +131,7 @@ def record_trim(results: str | os.PathLike, grids: Sequence[str], keep: Sequence
     if not path.is_file():
         return
     prov = json.loads(path.read_text())
-    entry = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "grids": [g for g in grids if g],
-             "keep": [k for k in keep if k], **done}
+    entry = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "grids": list(grids), "keep": list(keep), **done}
     write_json(path, {**prov, "trims": [*prov.get("trims", []), entry]})
 
 
