@@ -25,6 +25,7 @@ import xarray as xr
 
 from .analysis import Estimate
 from .frames import require_columns
+from .noise_scale import NO_SIGNAL, noise_scale, noise_scale_se, predicted_speedup
 
 __all__ = [
     "NO_SIGNAL",
@@ -34,6 +35,7 @@ __all__ = [
     "draws_stratified",
     "inversions_text",
     "noise_scale",
+    "noise_scale_se",
     "predicted_gains",
     "predicted_speedup",
     "probe_design",
@@ -41,27 +43,6 @@ __all__ = [
     "span",
 ]
 
-# How a page shows an infinite noise scale: the estimate of ||G||^2 was not positive (for at least half the members of a median).
-NO_SIGNAL = "∞ (no signal resolved)"
-
-
-def noise_scale(ds: xr.Dataset, metric: str = "adam") -> xr.DataArray:
-    """``B_noise = V(uniform) / ||G||^2`` per member and checkpoint; infinite where the
-    (unbiased, hence noisy) estimate of ``||G||^2`` is not positive: no signal is resolved; NaN
-    where the account was not measured (step 0, a checkpoint a shorter run does not have)."""
-    prefix = "var_adam_" if metric == "adam" else "var_"
-    g = ds[prefix + "full_sq"]
-    return xr.where(g > 0, ds[prefix + "v_uniform"] / g, xr.where(g.isnull(), np.nan, np.inf))
-
-
-def predicted_speedup(gain: np.ndarray | float, b_noise: np.ndarray | float, batch: int) -> np.ndarray:
-    """(4.6): the speed-up in steps predicted for a noise reduction ``gain = V(uniform)/V(q)``
-    at noise scale ``b_noise`` and batch size ``batch``; with an infinite noise scale it is the
-    gain itself."""
-    gain, ratio = np.asarray(gain, dtype=float), np.asarray(b_noise, dtype=float) / batch
-    with np.errstate(invalid="ignore", divide="ignore"):
-        finite = (1 + ratio) / (1 + ratio / gain)
-    return np.where(np.isinf(ratio), gain, finite)
 
 
 def _mean_se(da: xr.DataArray, se: xr.DataArray | None) -> tuple[float, float]:
@@ -84,7 +65,8 @@ def ceiling_table(ds: xr.Dataset, batch: int, by: str = "sigma", checkpoints: tu
     """One row per value of ``by`` and checkpoint (index into the run's checkpoints; the first
     after step 0 and the last by default) of a run whose other axes are selected: the ceiling R
     in both metrics and with stratified draws (mean over members and its standard error,
-    :func:`_mean_se`), the median over members of the noise scale per batch, and the speed-up
+    :func:`_mean_se`), the median over members of the noise scale per batch with its standard
+    error (:func:`noise_scale_se`), and the speed-up
     (4.6) at that median and at the mean R in Adam's metric: what the best allocation would predict."""
     rows = []
     for value in ds[by].values:
@@ -102,6 +84,7 @@ def ceiling_table(ds: xr.Dataset, batch: int, by: str = "sigma", checkpoints: tu
             if "var_adam_full_sq" in at and "var_adam_ceiling" in at:
                 bn = noise_scale(at).values.ravel()
                 row["B_noise / B (Adam)"] = float(np.median(bn)) / batch
+                row["B_noise / B (Adam) se"] = noise_scale_se(at) / batch
                 row["predicted speed-up of R (Adam)"] = float(predicted_speedup(row["R (Adam)"], row["B_noise / B (Adam)"] * batch, batch))
             rows.append(row)
     return pd.DataFrame(rows).set_index([by, "step"])
