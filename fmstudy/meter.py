@@ -27,7 +27,13 @@ from .oracle import BridgeOracle
 from .paths import BrownianBridge
 from .signals import fresh_probes, measure_bins, measure_variance, probe_irreducible, variance_record
 
-__all__ = ["CheckpointMeter"]
+__all__ = ["HELDOUT_POINTS", "QUADRATURE_DRAWS", "QUADRATURE_NODES", "CheckpointMeter"]
+
+
+# The integrated excess's fixed points: Gauss-Legendre nodes in t and exact draws of x_t per node.
+QUADRATURE_NODES, QUADRATURE_DRAWS = 16, 512
+# The held-out objective's fixed set: this many held-out points, one (x0, eps, t) each.
+HELDOUT_POINTS = 2048
 
 
 class CheckpointMeter:
@@ -50,7 +56,7 @@ class CheckpointMeter:
         self._quadrature = None
         if oracle is not None:  # fixed points: every checkpoint measured on the same x_t
             g = torch.Generator().manual_seed(bench.seed + 104729)
-            self._quadrature = oracle.quadrature(n_nodes=16, n=512, generator=g).to(device)
+            self._quadrature = oracle.quadrature(n_nodes=QUADRATURE_NODES, n=QUADRATURE_DRAWS, generator=g).to(device)
 
     @property
     def n_taken(self) -> int:
@@ -58,7 +64,7 @@ class CheckpointMeter:
 
     def _heldout_batch(self) -> tuple[Tensor, Tensor, Tensor]:
         """Fixed held-out points with fixed (x0, eps) and stratified uniform t over [a, b]."""
-        x1 = self.bench.heldout[:2048]
+        x1 = self.bench.heldout[:HELDOUT_POINTS]
         g = torch.Generator().manual_seed(self.bench.seed + 7919)
         n, d = x1.shape
         a, b = self.path.t_range

@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from .analysis import steps_to_reach
+from .analysis import Estimate, steps_to_reach
 
-__all__ = ["METRICS", "far_from_floor", "last_step_share", "sample_floor_table"]
+__all__ = ["METRICS", "far_from_floor", "last_step_share", "sample_floor_table", "within_tuning_error"]
 
 METRICS = {"sw": "sliced W2", "energy": "energy distance", "w2": "W2", "mmd": "MMD²"}
 
@@ -89,3 +89,27 @@ def last_step_share(curves: np.ndarray, steps: np.ndarray) -> tuple[int, int]:
         raise ValueError(f"curves with {curves.shape[-1]} checkpoints and {steps.size} steps are not allowed: they must agree")
     ok = [c for c in curves if np.isfinite(c[-1])]
     return sum(steps_to_reach(c, steps, c[-1]) == steps[-1] for c in ok), len(ok)
+
+
+def within_tuning_error(tables: dict[float, pd.DataFrame], cost: pd.Series, baseline: str = "uniform",
+                        column: str = "ratio") -> list[str]:
+    """The rows of chapter 5's tables (per sigma, ``report.against_baseline``) whose ratio to
+    ``baseline`` the learning-rate rule's error could explain: with ``cost`` the rule's cost
+    (``lr_tuning.rule_cost``, L.2; at least 1) per sampler, the comparison of s with the
+    baseline can be biased by a factor ``c = cost_s / cost_baseline`` (s judged worse by
+    c > 1, better by c < 1), so a ratio r on that side of 1 with ``|log r| <= |log c|`` is
+    within it. Returned as "s at σ = x (ratio r; cost ratio c)", in table order; rows
+    without a cost, or whose interval contains 1, are left out."""
+    out = []
+    if baseline not in cost.index:
+        return out
+    for sigma, table in tables.items():
+        for name, e in table[column].items():
+            if name == baseline or name not in cost.index or not isinstance(e, Estimate) or not np.isfinite(e.value):
+                continue
+            if e.lo <= 1 <= e.hi:
+                continue
+            c = float(cost[name]) / float(cost[baseline])
+            if (e.value > 1) == (c > 1) and abs(np.log(e.value)) <= abs(np.log(c)):
+                out.append(f"{name} at σ = {float(sigma):g} (ratio {e.value:.3g}; cost ratio {c:.3g})")
+    return out

@@ -50,3 +50,19 @@ def test_last_step_share_counts_the_seeds_that_first_reach_their_own_final_value
     assert sch.last_step_share(curves, steps) == (1, 3)
     with pytest.raises(ValueError, match="must agree"):
         sch.last_step_share(curves, steps[:3])
+
+
+def test_within_tuning_error_names_ratios_the_rules_cost_could_explain():
+    import pandas as pd
+
+    from fmstudy.analysis import Estimate
+    from fmstudy.schedule_report import within_tuning_error
+
+    cost = pd.Series({"uniform": 1.02, "a": 1.20, "b": 1.00, "c": 1.10})
+    t = pd.DataFrame({"ratio": [Estimate(1.0, 1.0, 1.0, 10), Estimate(1.15, 1.05, 1.25, 10), Estimate(0.99, 0.985, 0.995, 10),
+                                Estimate(1.3, 1.2, 1.4, 10), Estimate(1.05, 0.95, 1.15, 10), Estimate(1.1, 1.05, 1.2, 10)]},
+                     index=["uniform", "a", "b", "c", "d", "e"])
+    # a: worse by 1.15 <= 1.2/1.02 = 1.176 -> within; b: better by 0.99, cost ratio 1/1.02 = 0.980 -> within (|log .99| < |log .98|);
+    # c: worse by 1.3 > 1.1/1.02 = 1.078 -> not; d: interval contains 1 -> not listed; e: no cost -> not listed
+    assert within_tuning_error({0.0: t}, cost) == ["a at σ = 0 (ratio 1.15; cost ratio 1.18)", "b at σ = 0 (ratio 0.99; cost ratio 0.98)"]
+    assert within_tuning_error({0.0: t}, cost.drop("uniform")) == []

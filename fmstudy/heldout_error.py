@@ -1,0 +1,87 @@
+"""How far the held-out objective strays from the exact one, per sampler (review 2, item 1).
+
+The held-out objective is the fixed objective estimated on one fixed set of n held-out points
+(x0, x1, eps, t): with v* the oracle velocity and u the regression target,
+
+    H(θ) = mean_i ||v_θ(x_i) - u_i||^2
+         = mean_i ||v* - u||^2 + mean_i ||v_θ - v*||^2 + 2 mean_i <v_θ - v*, v* - u>,
+
+irreducible part, excess and a cross term. Over fresh sets the cross term averages to 0, but on
+the one fixed set it does not, and it depends on θ, hence on the sampler that trained θ. The
+seed intervals of a held-out ratio do not contain it: every run is scored on the same set.
+
+On an oracle benchmark the integrated excess E(θ) (a fixed quadrature with v* exact, no target
+noise) gives the comparison. Per seed s, the objective a sampler's model would have if its
+held-out offset H - E were the baseline's own is ``H*_s = (H_u,s - E_u,s) + E_s``, and
+
+    b = exp mean_s log(H_s / H*_s)                                                     (H.1)
+
+is the factor by which the held-out set distorts the sampler's held-out ratio to the baseline
+(1 for the baseline itself; above 1: the set scores the sampler worse than its excess says),
+with a t-interval over the paired seeds. It bounds what a held-out ratio can resolve: one
+closer to 1 than the largest |log b| seen on the oracle benchmarks is not resolved by the
+held-out set, whatever its seed interval says. (b also carries the quadrature's own error,
+which is common to the runs in the same way.)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from .analysis import Estimate, paired_ratio
+
+__all__ = ["distortion_bound", "distortion_table", "unresolved"]
+
+
+def distortion_table(ds: xr.Dataset, baseline: str = "uniform", heldout: str = "heldout_objective_ema",
+                     exact: str = "integrated_excess_ema", level: float = 0.95) -> pd.DataFrame:
+    """Per sampler of ``ds`` (other axes selected; dims ``sampler``, ``member``,
+    ``checkpoint``), at the last checkpoint: ``distortion`` b of (H.1) as an Estimate over the
+    seeds paired with ``baseline``, and ``unbiased`` (whether the sampler keeps the fixed
+    objective, where ``ds`` records it). Empty without the oracle's ``exact`` variable."""
+    if exact not in ds or heldout not in ds:
+        return pd.DataFrame()
+    if baseline not in ds.sampler.values:
+        raise ValueError(f"baseline={baseline!r} is not allowed: the samplers are {', '.join(map(str, ds.sampler.values))}")
+    last = ds.isel(checkpoint=-1)
+    h_u, e_u = (np.asarray(last[v].sel(sampler=baseline).values, dtype=float) for v in (heldout, exact))
+    rows = {}
+    for name in ds.sampler.values:
+        if name == baseline:
+            continue
+        h, e = (np.asarray(last[v].sel(sampler=name).values, dtype=float) for v in (heldout, exact))
+        row = {"distortion": paired_ratio(h, h_u - e_u + e, level=level)}
+        if "unbiased" in last:
+            row["unbiased"] = bool(last["unbiased"].sel(sampler=name))
+        rows[str(name)] = row
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def distortion_bound(tables: Iterable[pd.DataFrame], unbiased_only: bool = True) -> float:
+    """The largest distortion, as a factor >= 1, that the intervals of :func:`distortion_table`
+    tables allow: ``exp(max |log lo|, |log hi|)`` over their rows (only the samplers that keep
+    the fixed objective, by default); NaN without any interval."""
+    worst = math.nan
+    for t in tables:
+        if not len(t):
+            continue
+        keep = t["unbiased"] if unbiased_only and "unbiased" in t else pd.Series(True, index=t.index)
+        for e, k in zip(t["distortion"], keep):
+            if k and isinstance(e, Estimate) and np.isfinite(e.lo) and np.isfinite(e.hi) and e.lo > 0:
+                far = max(abs(math.log(e.lo)), abs(math.log(e.hi)))
+                worst = far if not np.isfinite(worst) else max(worst, far)
+    return math.exp(worst) if np.isfinite(worst) else math.nan
+
+
+def unresolved(ratio: Estimate, bound: float) -> bool:
+    """Whether a held-out ratio (an Estimate) lies closer to 1 than the distortion ``bound``
+    (a factor >= 1) the oracle benchmarks allow: ``|log ratio| < log bound``. False without a
+    bound or a value."""
+    if not (isinstance(ratio, Estimate) and np.isfinite(ratio.value) and ratio.value > 0 and np.isfinite(bound)):
+        return False
+    return abs(math.log(ratio.value)) < math.log(bound)
