@@ -35,7 +35,18 @@ import xarray as xr
 
 from .analysis import Estimate, paired_ratio
 
-__all__ = ["distortion_bound", "distortion_table", "unresolved"]
+__all__ = ["distortion", "distortion_bound", "distortion_table", "unresolved"]
+
+
+def distortion(run: xr.Dataset, base: xr.Dataset, heldout: str = "heldout_objective_ema", exact: str = "integrated_excess_ema",
+               level: float = 0.95) -> Estimate:
+    """(H.1) for one run against the baseline's runs ``base``, both ``[member, checkpoint]`` on
+    the same seeds (members in the same order), at the last checkpoint."""
+    h, e = (np.asarray(run[v].isel(checkpoint=-1).values, dtype=float) for v in (heldout, exact))
+    h_u, e_u = (np.asarray(base[v].isel(checkpoint=-1).values, dtype=float) for v in (heldout, exact))
+    if "member" in run.coords and "member" in base.coords and not np.array_equal(run.member.values, base.member.values):
+        raise ValueError(f"members {list(run.member.values)} against {list(base.member.values)} are not allowed: pairs need the same seeds")
+    return paired_ratio(h, h_u - e_u + e, level=level)
 
 
 def distortion_table(ds: xr.Dataset, baseline: str = "uniform", heldout: str = "heldout_objective_ema",
@@ -48,16 +59,14 @@ def distortion_table(ds: xr.Dataset, baseline: str = "uniform", heldout: str = "
         return pd.DataFrame()
     if baseline not in ds.sampler.values:
         raise ValueError(f"baseline={baseline!r} is not allowed: the samplers are {', '.join(map(str, ds.sampler.values))}")
-    last = ds.isel(checkpoint=-1)
-    h_u, e_u = (np.asarray(last[v].sel(sampler=baseline).values, dtype=float) for v in (heldout, exact))
+    base = ds.sel(sampler=baseline)
     rows = {}
     for name in ds.sampler.values:
         if name == baseline:
             continue
-        h, e = (np.asarray(last[v].sel(sampler=name).values, dtype=float) for v in (heldout, exact))
-        row = {"distortion": paired_ratio(h, h_u - e_u + e, level=level)}
-        if "unbiased" in last:
-            row["unbiased"] = bool(last["unbiased"].sel(sampler=name))
+        row = {"distortion": distortion(ds.sel(sampler=name), base, heldout, exact, level)}
+        if "unbiased" in ds:
+            row["unbiased"] = bool(ds["unbiased"].sel(sampler=name))
         rows[str(name)] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 

@@ -60,3 +60,15 @@ def test_the_bound_takes_the_farthest_interval_end_of_the_unbiased_rows():
     assert math.isnan(distortion_bound([pd.DataFrame()]))
     assert unresolved(Estimate(0.997, 0.995, 0.998, 10), 1.005) and not unresolved(Estimate(0.984, 0.98, 0.986, 10), 1.005)
     assert not unresolved(Estimate(math.nan, math.nan, math.nan, 0), 1.005) and not unresolved(Estimate(0.99, 0.9, 1.1, 10), math.nan)
+
+
+def test_one_run_against_the_baselines_runs_and_unpaired_seeds_refused():
+    from fmstudy.heldout_error import distortion
+
+    rng = np.random.default_rng(2)
+    c, e_u, e_w = 7 + rng.random(10), 0.1 + 0.01 * rng.random(10), 0.12 + 0.01 * rng.random(10)
+    ds = _grid({"uniform": c + e_u, "w": 0.99 * (c + e_w)}, {"uniform": e_u, "w": e_w}, {"uniform": True, "w": False})
+    got = distortion(ds.sel(sampler="w"), ds.sel(sampler="uniform"))
+    assert got.value == pytest.approx(0.99) and got.n == 10
+    with pytest.raises(ValueError, match=r"^members .* are not allowed: pairs need the same seeds"):
+        distortion(ds.sel(sampler="w").assign_coords(member=np.arange(10) + 1), ds.sel(sampler="uniform"))
