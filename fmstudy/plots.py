@@ -18,10 +18,12 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import xarray as xr
+from scipy import stats
 
 __all__ = [
     "LABELS",
     "band_curves",
+    "t_band",
     "ceiling_curves",
     "divergence_curves",
     "draw_sample",
@@ -120,14 +122,27 @@ def member_curves(ds: xr.Dataset, var: str, ax: plt.Axes | None = None, logy: bo
     return ax
 
 
+def t_band(values: pd.Series, level: float = 0.95) -> tuple[float, float]:
+    """The Student-t interval of the mean of ``values`` (one per seed; A.2), the tables' own
+    interval, as a band's (lo, hi); the mean itself with fewer than 2 finite values."""
+    x = np.asarray(values, dtype=float)
+    x = x[np.isfinite(x)]
+    if x.size < 2:
+        m = float(x.mean()) if x.size else float("nan")
+        return m, m
+    half = float(stats.t.ppf((1 + level) / 2, x.size - 1)) * float(x.std(ddof=1)) / np.sqrt(x.size)
+    return float(x.mean()) - half, float(x.mean()) + half
+
+
 def band_curves(df: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | None = None, logy: bool = True) -> plt.Axes:
-    """Mean over seeds with a 95% bootstrap band (seaborn), one colour per sampler label in ``hue``.
-    ``df`` is long: one row per (hue, seed, x)."""
+    """Mean over seeds with a 95% Student-t band (:func:`t_band`), one colour per sampler label
+    in ``hue``. ``df`` is long: one row per (hue, seed, x). The band is each curve's own, not
+    paired with another's: for a comparison read the paired ratios of the tables."""
     ax = _ax(ax)
     labels = list(dict.fromkeys(df[hue]))
     dashes = {lab: (4, 2) if sampler_dashes(lab) else "" for lab in labels}
     sns.lineplot(data=df, x=x, y=y, hue=hue, style=hue, dashes=dashes, palette=sampler_palette(labels),
-                 errorbar=("ci", 95), n_boot=1000, seed=0, ax=ax)
+                 errorbar=t_band, ax=ax)
     ax.set(xlabel=LABELS.get(x, x), ylabel=LABELS.get(y, y), yscale="log" if logy else "linear")
     if x == "checkpoint":
         _step_axis(ax)
