@@ -21,9 +21,19 @@ import json
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 
-__all__ = ["checkpoint_text", "gap_z", "probe_check", "probe_noise", "signal_figure", "unresolved_share"]
+from .analysis import Estimate, mean_estimate
+
+CENTRE_FIRST = "excess centre, first checkpoint"
+CENTRE_LAST = "excess centre, last checkpoint"
+CENTRE_SHIFT = "centre shift, last - first (paired)"
+END_SHARE = "excess share t<0.1 or t>0.9, last (%)"
+EXCESS_FRACTION = "excess / loss at last checkpoint (%)"
+
+__all__ = ["CENTRE_SHIFT", "EXCESS_FRACTION", "centre_shift_text", "checkpoint_text", "gap_z", "probe_check", "probe_noise", "signal_figure",
+           "signal_stats", "unresolved_share"]
 
 
 def checkpoint_text(steps: Sequence[float]) -> str:
@@ -110,6 +120,50 @@ def probe_check(u: xr.Dataset, noise: dict[float, tuple[np.ndarray, np.ndarray]]
     return {"se_rel": float(np.median(np.concatenate(rel))), "se_members": float(np.median(np.concatenate(members))),
             "se_excess": float(np.median(np.concatenate(excess))), "corr": min(corr),
             "beyond2": int((np.abs(z) > 2).sum()), "below2": int((z < -2).sum()), "bins": int(z.size)}
+
+
+def signal_stats(u: xr.Dataset, ends: float = 0.1) -> pd.DataFrame:
+    """Per sigma of the uniform runs ``u`` (``excess`` and ``loss`` per [member, checkpoint,
+    t_bin] on the fixed probes, a ``sigma`` axis, bin centres ``t_bin``), one
+    :func:`~fmstudy.analysis.mean_estimate` (a t-interval over the members, i.e. seeds) of
+    each per-member quantity:
+
+    - the excess-weighted centre of t, sum_k t_k e_k / sum_k e_k, at the first checkpoint after
+      step 0 and at the last;
+    - their difference, last - first, taken member by member (the same seeds at both
+      checkpoints: a paired interval);
+    - the share (%) of the last checkpoint's excess in the bins within ``ends`` of an endpoint;
+    - the excess over the loss (%) at the last checkpoint, sum_k e_k / sum_k l_k: both summed over
+      the bins (equal widths, so a uniform average over t of the probes' per-bin means)."""
+    if u["excess"].sizes.get("checkpoint", 0) < 2:
+        raise ValueError("results with fewer than 2 checkpoints are not allowed: no checkpoint after step 0")
+    t = u["t_bin"].values
+    near = (t < ends) | (t > 1 - ends)
+    rows = {}
+    for sigma in u["sigma"].values:
+        c = u.sel(sigma=sigma)
+        ex = c["excess"].transpose("member", "checkpoint", "t_bin").values
+        loss = c["loss"].transpose("member", "checkpoint", "t_bin").values
+        share = ex / ex.sum(-1, keepdims=True)
+        first, last = (share[:, 1] * t).sum(-1), (share[:, -1] * t).sum(-1)
+        rows[float(sigma)] = {CENTRE_FIRST: mean_estimate(first), CENTRE_LAST: mean_estimate(last),
+                              CENTRE_SHIFT: mean_estimate(last - first), END_SHARE: mean_estimate(100 * share[:, -1, near].sum(-1)),
+                              EXCESS_FRACTION: mean_estimate(100 * ex[:, -1].sum(-1) / loss[:, -1].sum(-1))}
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    out.index.name = "sigma"
+    return out
+
+
+def centre_shift_text(shift: Estimate, fmt: str = ".2f") -> str:
+    """What a paired shift of the excess centre (:func:`signal_stats`) says: towards t = 1 or
+    t = 0 where its interval excludes 0, else that no move is resolved; with the estimate."""
+    if not (np.isfinite(shift.lo) and np.isfinite(shift.hi)):
+        return f"{shift.text(fmt)}: no interval, so no move is resolved"
+    if shift.lo > 0:
+        return f"{shift.text(fmt)}, an interval above 0: the excess has moved towards t = 1"
+    if shift.hi < 0:
+        return f"{shift.text(fmt)}, an interval below 0: the excess has moved towards t = 0"
+    return f"{shift.text(fmt)}, an interval that includes 0: no move is resolved"
 
 
 def unresolved_share(signal: np.ndarray) -> float:

@@ -115,3 +115,44 @@ def test_signal_figure_draws_no_snr_panel_and_bands_where_asked():
     assert "±2 probe s.e." in labels and "irreducible" in labels and "last ±2 s.e. (seeds)" in labels
     assert "±2 probe s.e." not in [lab for lab in sg.signal_figure(s, 1.0).axes[1].get_legend_handles_labels()[1]]
     plt.close("all")
+
+
+def _moving() -> xr.Dataset:
+    """One sigma, 3 members, 3 checkpoints, 4 bins at t = 0.05, 0.3, 0.7, 0.95 (two of them
+    within 0.1 of an endpoint); excess and loss chosen so every quantity is worked out by hand."""
+    t = np.array([0.05, 0.3, 0.7, 0.95])
+    ex = np.ones((1, 3, 3, 4))  # [sigma, member, checkpoint, bin]; step 0 is never read
+    ex[0, :, 1] = [[1, 1, 1, 1], [1, 3, 0, 0], [0, 0, 3, 1]]  # first-checkpoint centres 0.5, 0.2375, 0.7625
+    ex[0, :, 2] = [[0, 0, 1, 1], [1, 3, 1, 1], [0, 0, 1, 3]]  # last-checkpoint centres 0.825, 0.43333.., 0.8875
+    loss = np.full_like(ex, 100.0)  # sum over bins 400: excess / loss at the end 2/400, 6/400, 4/400
+    dims = ("sigma", "member", "checkpoint", "t_bin")
+    return xr.Dataset({"excess": (dims, ex), "loss": (dims, loss)}, coords={"sigma": [1.0], "checkpoint": [0, 50, 100], "t_bin": t})
+
+
+def test_signal_stats_by_hand_and_the_shift_paired_over_seeds():
+    from scipy import stats
+
+    out = sg.signal_stats(_moving())
+    row = out.loc[1.0]
+    first, last = np.array([0.5, 0.2375, 0.7625]), np.array([0.825, 1.3 / 3, 0.8875])
+    assert row[sg.CENTRE_FIRST].value == pytest.approx(first.mean())
+    assert row[sg.CENTRE_LAST].value == pytest.approx(last.mean())
+    d = last - first  # 0.325, 0.19583.., 0.125: member by member (paired)
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    shift = row[sg.CENTRE_SHIFT]
+    assert (shift.value, shift.lo, shift.hi) == pytest.approx((d.mean(), d.mean() - half, d.mean() + half))
+    # end bins 0.05 and 0.95 at the last checkpoint: 1/2, 2/6, 3/4 of each member's excess
+    assert row["excess share t<0.1 or t>0.9, last (%)"].value == pytest.approx(100 * (1 / 2 + 2 / 6 + 3 / 4) / 3)
+    assert row[sg.EXCESS_FRACTION].value == pytest.approx(100 * (2 + 6 + 4) / 400 / 3)
+    with pytest.raises(ValueError, match="fewer than 2 checkpoints"):
+        sg.signal_stats(_moving().isel(checkpoint=[0]))
+
+
+def test_centre_shift_text_reads_the_interval():
+    from fmstudy.analysis import Estimate
+
+    assert sg.centre_shift_text(Estimate(0.05, 0.03, 0.07, 10)).endswith("an interval above 0: the excess has moved towards t = 1")
+    assert sg.centre_shift_text(Estimate(-0.14, -0.16, -0.12, 10)) == (
+        "-0.14 (95% CI -0.16 to -0.12, 10 seeds), an interval below 0: the excess has moved towards t = 0")
+    assert sg.centre_shift_text(Estimate(0.01, -0.01, 0.03, 10)).endswith("includes 0: no move is resolved")
+    assert sg.centre_shift_text(Estimate(0.01, math.nan, math.nan, 1)).endswith("no interval, so no move is resolved")
