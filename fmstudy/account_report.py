@@ -33,6 +33,7 @@ __all__ = [
     "ceiling_sentence",
     "ceiling_table",
     "draws_stratified",
+    "extremes_text",
     "inversions_text",
     "noise_scale",
     "noise_scale_se",
@@ -167,6 +168,24 @@ def span(tables: Iterable[pd.DataFrame], column: str, fmt: str = ".3g") -> str:
         return "n/a"
     lo, hi = f"{min(values):{fmt}}", f"{max(values):{fmt}}"
     return lo if lo == hi else f"{lo} to {hi}"
+
+
+def extremes_text(table: pd.DataFrame, column: str, fmt: str = ".3f", by: str = "sigma", step: int | None = None) -> str:
+    """ "from a at σ = s to b at σ = s'": the smallest and largest finite value of ``column`` of
+    :func:`ceiling_table` (rows by ``by`` and step) at checkpoint ``step`` (the last of the
+    table's steps by default), with where each lies; "n/a" when there is none."""
+    if list(table.index.names) != [by, "step"]:
+        raise ValueError(f"a table indexed by {list(table.index.names)} is not allowed: it must be ceiling_table's, by {by!r} and step")
+    if column not in table:
+        return "n/a"
+    steps = table.index.get_level_values("step")
+    at = table.xs(int(steps.max()) if step is None else int(step), level="step")[column]
+    at = at[np.isfinite(at.astype(float))]
+    if at.empty:
+        return "n/a"
+    name = "σ" if by == "sigma" else by
+    lo, hi = at.idxmin(), at.idxmax()
+    return f"from {at[lo]:{fmt}} at {name} = {lo:g} to {at[hi]:{fmt}} at {name} = {hi:g}"
 
 
 PAIRS = (("R", "R stratified", "Euclidean"), ("R (Adam)", "R stratified (Adam)", "Adam's"))

@@ -13,6 +13,7 @@ from fmstudy.account_report import (
     ceiling_sentence,
     ceiling_table,
     draws_stratified,
+    extremes_text,
     inversions_text,
     noise_scale,
     predicted_gains,
@@ -202,3 +203,14 @@ def test_ceiling_sentence_counts_the_flagged_settings():
     assert ceiling_sentence({1.0: table("no")}).endswith("beyond its interval, nor in its point estimate")
     assert ceiling_sentence({1.0: table()}) == "no setting has a measured speed-up to hold against the ceiling's prediction"
     assert ceiling_sentence({}) == "no setting has a measured speed-up to hold against the ceiling's prediction"
+
+
+def test_extremes_text_names_the_smallest_and_largest_at_a_checkpoint():
+    index = pd.MultiIndex.from_product([[0.0, 0.5, 2.0], [50, 1000]], names=["sigma", "step"])
+    table = pd.DataFrame({"R (Adam)": [1.5, 1.2, 1.1, 1.19, 3.0, 2.236], "B_noise / B (Adam)": [np.nan] * 5 + [np.inf]}, index=index)
+    # at the last step (1000) the values are 1.2, 1.19, 2.236; at step 50 they are 1.5, 1.1, 3.0
+    assert extremes_text(table, "R (Adam)") == "from 1.190 at σ = 0.5 to 2.236 at σ = 2"
+    assert extremes_text(table, "R (Adam)", ".2g", step=50) == "from 1.1 at σ = 0.5 to 3 at σ = 2"
+    assert extremes_text(table, "B_noise / B (Adam)") == "n/a" and extremes_text(table, "missing") == "n/a"
+    with pytest.raises(ValueError, match="must be ceiling_table's"):
+        extremes_text(table.droplevel("step"), "R (Adam)")
