@@ -72,21 +72,69 @@ def _commits_of_records(cells: Sequence[dict[str, Any]]) -> str:
     return (named or "no cell names its commit") + (f"; {unnamed} records name no commit" if unnamed else "")
 
 
+def _unnamed_by_subgrid(cells: Sequence[dict[str, Any]]) -> str:
+    """The sub-grids of the records that name no commit: "all N of X" for a sub-grid none of whose
+    records names one, "k of the N of Y" for one where some do; "" when every record names one."""
+    total, unnamed = Counter(), Counter()
+    for r in cells:
+        for g in r.get("grids") or []:
+            total[g] += 1
+            unnamed[g] += not (r.get("code") or {}).get("commit")
+    whole = [f"all {total[g]} of {g}" for g in sorted(total) if unnamed[g] == total[g]]
+    part = [f"{unnamed[g]} of the {total[g]} of {g}" for g in sorted(total) if 0 < unnamed[g] < total[g]]
+    return ", ".join(whole + part)
+
+
+def _disagreements(prov: dict[str, Any], cells: Sequence[dict[str, Any]]) -> list[str]:
+    """Where ``prov``'s checkouts and the records' commits disagree: commits the records name that
+    are not among the checkouts (with their cells), checkouts no record names, and checkouts whose
+    uncommitted-changes flag differs from that of every record naming their commit."""
+    checkouts = {c["commit"]: bool(c.get("uncommitted_changes")) for c in prov["produced_by"]}
+    named: dict[str, list[bool]] = {}
+    for r in cells:
+        code = r.get("code") or {}
+        if code.get("commit"):
+            named.setdefault(code["commit"], []).append(bool(code.get("uncommitted_changes")))
+    out = []
+    extra = [f"{c[:7]} ({len(named[c])} cells)" for c in sorted(named, key=lambda c: -len(named[c])) if c not in checkouts]
+    if extra:
+        out.append(f"the records name {', '.join(extra)}, not among the checkouts")
+    unnamed = [c[:7] for c in checkouts if c not in named]
+    if unnamed:
+        out.append(f"no record names the checkout{'s' * (len(unnamed) != 1)} {', '.join(unnamed)}")
+    for flag, says in ((True, "had uncommitted changes, their records say not"), (False, "had none, their records say it had")):
+        differ = [c[:7] for c, dirty in checkouts.items() if dirty == flag and c in named and all(d != flag for d in named[c])]
+        if differ:
+            n = sum(len(named[c]) for c in named if c[:7] in differ)
+            out.append(f"PROVENANCE.json says {' and '.join(differ)} {says} ({n} cells; its flag is a checkout's state when "
+                       "PROVENANCE.json was written, a record's that of its checkout when the cell ran)")
+    return out
+
+
 def provenance_text(prov: dict[str, Any] | None, cells: Sequence[dict[str, Any]], profile: str) -> str:
     """What produced these results, from their ``PROVENANCE.json`` (``prov``; None when none ships:
     then this checkout computed them): the checkouts and their commits, versions, devices, the
-    last grid run, the commits the records name, the note, and what trimming left out."""
+    last grid run; the commits the records name; where the two accounts disagree
+    (:func:`_disagreements`); the sub-grids of the records that name no commit, which only the
+    note can tie to a checkout; the note, and what trimming left out."""
     if prov is None:
         return "These results were computed by this checkout on this machine (no PROVENANCE.json ships with them)."
     by = "; ".join(f"commit {c['commit'][:12]} ({c['subject']}{', with uncommitted changes' if c['uncommitted_changes'] else ''})"
                    for c in prov["produced_by"])
     n = len(prov["produced_by"])
     commits = ", ".join(c[:7] for c in prov.get("record_commits", []))
-    return (f"According to results/{profile}/PROVENANCE.json, these results were produced by {n} checkout{'s' * (n != 1)}: {by}; "
+    differ = _disagreements(prov, cells)
+    text = (f"According to results/{profile}/PROVENANCE.json, these results were produced by {n} checkout{'s' * (n != 1)}: {by}; "
             f"fmstudy {', '.join(prov['fmstudy_versions'])}, torch {', '.join(prov['torch_versions'])}, on "
             f"{', '.join(prov['devices'])}; its last grid run ended {prov['grid_runs']['last'] or 'n/a'}. "
-            f"The cells' records name the commits {commits or 'none'} ({_commits_of_records(cells)}). "
-            f"Its note: {prov.get('note', 'none')} " + describe(prov))
+            f"The cells' records name the commits {commits or 'none'} ({_commits_of_records(cells)}). ")
+    text += ("The two accounts disagree: " + "; ".join(differ) + ". ") if differ else "The two accounts agree. "
+    unnamed = sum(not (r.get("code") or {}).get("commit") for r in cells)
+    if unnamed:
+        text += (f"The {unnamed} records that name no commit are {_unnamed_by_subgrid(cells)} (a cell of several sub-grids counted in "
+                 "each): " + ("only PROVENANCE.json's note below ties them to a checkout. " if prov.get("note") else
+                              "nothing ties them to a checkout. "))
+    return text + f"Its note: {prov.get('note') or 'none'} " + describe(prov)
 
 
 def links_text(prov: dict[str, Any] | None, profile: str) -> str:

@@ -56,8 +56,35 @@ def test_provenance_text_names_checkouts_commits_and_unnamed_records():
     text = ps.provenance_text(prov, CELLS, "paper")
     assert text.startswith("According to results/paper/PROVENANCE.json, these results were produced by 1 checkout: "
                            "commit abcdef012345 (s, with uncommitted changes); fmstudy 0.1.0, torch 2.13.0, on cpu;")
-    assert "name the commits 1234567 (1234567: 2 cells; 1 records name no commit). Its note: N." in text
+    # the checkout abcdef0 is named by no record; the records' 1234567 is no checkout; tune's one cell names no commit
+    assert "name the commits 1234567 (1234567: 2 cells; 1 records name no commit). The two accounts disagree: " in text
+    assert ("the records name 1234567 (2 cells), not among the checkouts; no record names the checkout abcdef0. "
+            "The 1 records that name no commit are all 1 of tune (a cell of several sub-grids counted in each): "
+            "only PROVENANCE.json's note below ties them to a checkout. Its note: N." in text)
     assert ps.provenance_text(None, CELLS, "quick").startswith("These results were computed by this checkout")
+
+
+def test_provenance_text_says_where_checkouts_and_records_disagree_on_uncommitted_changes():
+    base = {"record_commits": [], "fmstudy_versions": ["0.1.0"], "torch_versions": ["2.13.0"], "devices": ["cpu"],
+            "grid_runs": {"last": None}, "note": ""}
+    cells = [rec("a", ["compare"], 2, "1111111aaa"), rec("b", ["compare", "sigma"], 2, "1111111aaa"),
+             rec("c", ["sigma"], 2, "2222222bbb", dirty=True), rec("d", ["stability"], 2), rec("e", ["stability"], 2, "2222222bbb")]
+    prov = {**base, "produced_by": [{"commit": "1111111aaa", "subject": "x", "uncommitted_changes": True},
+                                    {"commit": "2222222bbb", "subject": "y", "uncommitted_changes": False}]}
+    text = ps.provenance_text(prov, cells, "paper")
+    # 1111111's two records both say clean: a disagreement; 2222222's records are mixed (c dirty, e clean): none is claimed
+    assert ("The two accounts disagree: PROVENANCE.json says 1111111 had uncommitted changes, their records say not (2 cells; "
+            "its flag is a checkout's state when PROVENANCE.json was written, a record's that of its checkout when the cell ran). ") in text
+    assert "2222222 had none" not in text
+    # d names no commit: the one record of stability's two; without a note nothing ties it to a checkout
+    assert "The 1 records that name no commit are 1 of the 2 of stability (a cell" in text and "nothing ties them to a checkout. Its note: none" in text
+    prov["produced_by"][0]["uncommitted_changes"] = False
+    agree = [cells[0], cells[1], rec("c", ["sigma"], 2, "2222222bbb")]
+    assert "The two accounts agree. Its note: none" in ps.provenance_text(prov, agree, "paper")
+    dirty = [cells[0], cells[1], cells[2]]  # 2222222's only record says it had uncommitted changes, PROVENANCE.json says not
+    assert "PROVENANCE.json says 2222222 had none, their records say it had (1 cells;" in ps.provenance_text(prov, dirty, "paper")
+    prov["produced_by"][1]["uncommitted_changes"] = True
+    assert "PROVENANCE.json says 2222222 had uncommitted changes, their records say not (1 cells;" in ps.provenance_text(prov, agree, "paper")
 
 
 def test_links_lead_to_pages_unless_results_shipped_without_them():
