@@ -55,10 +55,11 @@ def test_with_range_and_the_rates_table():
         cr.with_range(tab, "x")
     shown = cr.rates_shown(report.throughput_table(RECORD))
     # per round 5000 / 100 = 50, 4500 / 90 = 50, 6600 / 110 = 60: median 50, range 50-60; training only twice that
+    assert list(shown.columns) == ["model-steps/s", "training only x naive", "whole run x naive", "peak memory (MB)"]
     assert shown.loc["engine M=1024 var_opt + diagnostics"].tolist() == [
         "5000 (4500-6600)",
-        "50.00 (50.00-60.00)",
         "100.00 (100.00-120.00)",
+        "50.00 (50.00-60.00)",
         2048.0,
     ]
     assert shown.loc["naive eager loop, 1 model"].tolist() == ["100 (90-110)", "1.00 (1.00-1.00)", "1.00 (1.00-1.00)", 310.0]
@@ -79,7 +80,7 @@ def test_shipped_measurements_in_file_order_with_their_captions(tmp_path):
         "**gmm8** on A100: 1024 members, 200 steps, batch 256, torch 2.5.0, fmstudy ?, measured ? (`throughput_a.json`)",
         "**gmm8** on H200: 1024 members, 200 steps, batch 256, torch 2.5.0, fmstudy 0.1.0, measured 2026-12-01 (`throughput_b.json`)",
     ]
-    assert got[1][1].loc["engine M=1024 var_opt + diagnostics", "x naive"] == "50.00 (50.00-60.00)"
+    assert got[1][1].loc["engine M=1024 var_opt + diagnostics", "whole run x naive"] == "50.00 (50.00-60.00)"
     assert cr.shipped_measurements(tmp_path / "none") == []
     assert cr.read_record(tmp_path / "throughput_b.json") == RECORD and cr.read_record(tmp_path / "absent.json") is None
 
