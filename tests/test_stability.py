@@ -124,3 +124,52 @@ def test_a_seed_that_settles_above_its_start_has_failed_without_diverging(monkey
     assert summary.loc[("var_opt", 1.0), "max_failed"] == 0.6 and summary.loc[("var_opt", 1.0), "max_diverged"] == 0
     assert breaking_lr(table)[("var_opt", 1.0)] == 0.6  # half the seeds failed there
     assert breaking_lr(table, any_seed=True)[("var_opt", 1.0)] == 0.3  # the first failed seed (1 of 10)
+
+
+def _hypergeometric_p(k1: int, n1: int, k2: int, n2: int) -> float:
+    """Fisher's two-sided p by hand (S.2): the hypergeometric probabilities of the tables with the
+    same margins, summed over those no more likely than the observed one."""
+    from math import comb
+
+    k = k1 + k2
+    prob = {x: comb(n1, x) * comb(n2, k - x) / comb(n1 + n2, k) for x in range(max(0, k - n2), min(k, n1) + 1)}
+    return sum(p for p in prob.values() if p <= prob[k1] * (1 + 1e-9))
+
+
+def test_fisher_p_against_the_hypergeometric_law():
+    from fmstudy.stability import fisher_p
+
+    # 2 and 3 of 10 failed against 0 of 10: 2 x 45/190 and 2 x 120/1140 (both tails are equally likely)
+    assert fisher_p(2, 10, 0, 10) == pytest.approx(2 * 45 / 190) and fisher_p(3, 10, 0, 10) == pytest.approx(2 * 120 / 1140)
+    for counts in [(5, 10, 6, 10), (0, 10, 3, 10), (1, 4, 7, 9), (9, 10, 1, 10)]:
+        assert fisher_p(*counts) == pytest.approx(_hypergeometric_p(*counts))
+    with pytest.raises(ValueError, match="not allowed"):
+        fisher_p(11, 10, 0, 10)
+
+
+def test_failure_tests_take_the_first_rate_where_either_failed():
+    from fmstudy.stability import failure_tests
+
+    tests = failure_tests(stability_table(_sweep()))
+    assert "uniform" not in tests.index.get_level_values("sampler")
+    # DIVERGED: var_opt at sigma 0 fails first at 0.3 (2 of 10, uniform 0); stratified at 0.6 (0 against uniform's 3);
+    # at sigma 1 var_opt never fails, uniform first at 0.6 (1); stratified fails at 0.1 already (1 against 0)
+    want = {("var_opt", 0.0): (0.3, 2, 0), ("stratified", 0.0): (0.6, 0, 3), ("var_opt", 1.0): (0.6, 0, 1), ("stratified", 1.0): (0.1, 1, 0)}
+    for key, (lr, k, kb) in want.items():
+        row = tests.loc[key]
+        assert (row["lr"], row["k"], row["baseline_k"], row["n"], row["baseline_n"]) == (lr, k, kb, 10, 10)
+        assert row["p"] == pytest.approx(_hypergeometric_p(k, 10, kb, 10))
+    # Holm over the 4 rows, by hand: sorted p, (m - j + 1) p_(j), running maximum, capped at 1
+    p = tests["p"].to_numpy()
+    order = np.argsort(p)
+    adjusted = np.minimum(1, np.maximum.accumulate((4 - np.arange(4)) * p[order]))
+    np.testing.assert_allclose(tests["p_holm"].to_numpy()[order], adjusted)
+
+
+def test_spikes_carry_a_t_interval_floored_at_zero():
+    summary = stability_summary(_sweep())
+    e = summary.loc[("var_opt", 0.0), "spikes_ci"]  # counts 4 on one seed, 0 on nine
+    counts = np.array([0, 0, 0, 4, 0, 0, 0, 0, 0, 0], dtype=float)
+    lo, hi = stats.t.interval(0.95, 9, counts.mean(), stats.sem(counts))
+    assert e.value == pytest.approx(0.4) and e.hi == pytest.approx(hi) and lo < 0 and e.lo == 0.0
+    assert summary.loc[("uniform", 0.0), "spikes_ci"].value == 0
