@@ -46,8 +46,14 @@ def test_comparison_keeps_uniform_and_the_adaptive_samplers_in_their_order():
     assert cmp.sigmas == [0.0, 1.0] and cmp.metric == "integrated_excess_ema"
     assert ar.comparison(None) is None and ar.comparison(compare_grid().sel(sampler=["var_opt"])) is None
     assert ar.ran_text(cmp.names) == "`loss_second_moment`, `var_opt` beside `uniform`" and ar.ran_text([]) == "no adaptive sampler"
-    assert ar.not_run_text(cmp.names) == "`grad_norm`, `var_opt_neyman`, `oracle_qstar`, `learning_progress`, `oracle_excess`"
+    assert ar.not_run_text(cmp.names) == "`grad_norm`, `var_opt_neyman`, `oracle_qstar`"
     assert ar.not_run_text(list(ar.DESCRIBED)) == "none" and "info_snr" not in ar.DESCRIBED
+    # learning_progress and oracle_excess are described apart, as compared only where they ran
+    assert not set(ar.EXTRA) & set(ar.DESCRIBED)
+    assert ar.extra_text(cmp.names) == "neither was run in this profile, so this chapter does not compare them"
+    assert ar.extra_text(["var_opt", *ar.EXTRA]) == "both were run in this profile and appear in the tables below"
+    assert ar.extra_text(["oracle_excess"]) == (
+        "`oracle_excess` was run in this profile and appears in the tables below; `learning_progress` was not")
 
 
 def test_speed_table_best_speedup_and_the_last_sigma():
@@ -102,7 +108,7 @@ def test_best_speedup_skips_rows_without_seeds_or_a_median():
     assert ar.row_at(speed, "a", None) is None and ar.row_at(speed.iloc[:0], "a", 0.0) is None
     assert (
         ar.ratio_sentence(speed, "a", "what it is", 0.0)
-        == "`a` (what it is) has a final ratio to uniform of 0.9 (95% CI 0.8 to 1, 10 seeds)"
+        == "`a` (what it is) has a final ratio to uniform of 0.9 (95% CI 0.8 to 1, 10 seeds) and a speed-up of 1.1 (no interval with 10 seeds) in steps"
     )
     assert ar.ratio_sentence(speed, "z", "what it is", 0.0) == "`z` (what it is) was not run in this profile"
 
@@ -119,6 +125,7 @@ def test_predicted_tables_put_the_measured_speedup_beside_the_prediction():
     # planted R = 2 at B_noise = B: R predicts (1 + 1) / (1 + 1/2) = 4/3 > 1.25, so not above it
     assert t.loc["var_opt", "predicted speed-up of R"] == pytest.approx(4 / 3)
     assert t.loc["var_opt", "above R's prediction"] == "no" and t.loc["uniform", "above R's prediction"] == "n/a"
+    assert ar.predicted_shown(t).loc["uniform", "above R's prediction"] == "—"  # the baseline: no "n/a" on the page
     no_vo = ar.predicted_tables(cmp, speed[speed.sampler != "var_opt"])[0.0]
     assert math.isnan(no_vo.loc["var_opt", "measured speed-up"])
     assert ar.predicted_tables(None, speed) == {}
@@ -254,3 +261,175 @@ def test_predicted_shown_gives_three_figures_and_names_infinity():
     shown = ar.predicted_shown(table)
     assert list(shown["predicted speed-up of R"]) == ["1.12", "1"] and list(shown["measured speed-up"]) == ["1.28 [1.16, 1.3]", "1"]
     assert list(shown["B_noise / B"]) == ["∞ (no signal resolved)", "3.14"]
+
+
+# -- the family of the tables: Holm's p and the simultaneous intervals ----------------------------
+def test_simultaneous_widens_the_t_interval_to_the_bonferroni_level():
+    d = np.log(np.linspace(0.8, 1.1, 10)) + 0.01 * np.sin(np.arange(10))  # per-seed log-ratios
+    est = Estimate(math.exp(d.mean()), *np.exp(stats.t.interval(0.95, 9, d.mean(), stats.sem(d))), 10, p=0.2, method="t")
+    wide = ar.simultaneous(est, 10)
+    lo, hi = np.exp(stats.t.interval(1 - 0.05 / 10, 9, d.mean(), stats.sem(d)))  # by hand, at 99.5%
+    assert (wide.lo, wide.hi) == pytest.approx((lo, hi)) and wide.level == pytest.approx(0.995) and wide.value == est.value
+    same = ar.simultaneous(est, 1)  # m = 1: the interval itself
+    assert (same.lo, same.hi, same.level) == pytest.approx((est.lo, est.hi, 0.95))
+    one = Estimate(0.9, math.nan, math.nan, 1)
+    assert ar.simultaneous(one, 5) is one  # no interval to widen
+    with pytest.raises(ValueError, match="only a t-interval"):
+        ar.simultaneous(Estimate(0.9, 0.8, 1.0, 10, method="bca"), 5)
+
+
+def test_with_family_adjusts_over_the_table_and_leaves_the_baseline_out():
+    def t(p: float) -> Estimate:
+        return Estimate(0.9, 0.8, 1.0, 10, p=p, method="t")
+
+    table = pd.DataFrame({"sampler": ["a", "b", "uniform", "c"], "ratio": [t(0.01), t(0.04), t(1.0), t(0.03)]})
+    got = ar.with_family(table)
+    # Holm by hand over the 3 comparisons: 3 x 0.01, then max(0.03, 2 x 0.03), then max(0.06, 1 x 0.04)
+    assert list(got["p_holm"].iloc[[0, 1, 3]]) == pytest.approx([0.03, 0.06, 0.06]) and math.isnan(got["p_holm"].iloc[2])
+    assert got["ratio_simultaneous"].iloc[2] is None
+    assert [e.level for e in got["ratio_simultaneous"].iloc[[0, 1, 3]]] == pytest.approx([1 - 0.05 / 3] * 3)
+
+
+def test_final_shown_puts_the_simultaneous_interval_beside_the_ratio():
+    speed = ar.speed_table(ar.comparison(compare_grid()))
+    shown = ar.final_shown(speed.set_index(["sigma", "sampler"]))
+    heads = list(shown.columns)
+    at = [h[0] for h in heads].index("ratio to uniform")
+    assert heads[at + 1] == ("ratio, simultaneous over 4 rows", "[98.8% CI]")  # 4 rows: 1 - 0.05 / 4 = 98.75%
+    e = speed["ratio_simultaneous"].iloc[1]
+    assert list(shown.iloc[:, at + 1])[1] == f"{e.value:.3g} [{e.lo:.3g}, {e.hi:.3g}]"
+    with_base = pd.DataFrame({"ratio": [Estimate(1.0, 1.0, 1.0, 10, p=1.0, method="t"), Estimate(0.9, 0.8, 1.0, 10, p=0.04, method="t")],
+                              "final": [Estimate(1, 0.9, 1.1, 10)] * 2, "objective_ratio": [Estimate(1, 0.9, 1.1, 10)] * 2,
+                              "unbiased": [True, True]}, index=pd.Index(["uniform", "a"], name="sampler"))
+    shown = ar.final_shown(with_base)
+    assert list(shown[("ratio, simultaneous over 1 rows", "[95% CI]")]) == ["—", "0.9 [0.8, 1]"]  # one comparison: 95%
+
+
+def test_ratio_and_speedup_texts_quote_holm_the_simultaneous_interval_and_flops():
+    row = pd.Series({"ratio": Estimate(0.9, 0.8, 0.99, 10, p=0.01, method="t"), "ratio_simultaneous": Estimate(0.9, 0.7, 1.1, 10, 0.995),
+                     "p_holm": 0.08, "speedup": Estimate(1.2, 1.1, 1.3, 10, 0.979), "speedup_flops": Estimate(1.05, 0.95, 1.15, 10, 0.979)})
+    assert ar.ratio_text(row) == ("0.9 (95% CI 0.8 to 0.99, 10 seeds; simultaneous 99.5% CI 0.7 to 1.1; "
+                                  "p (Holm) 0.08: not resolved from uniform's at family-wise level 5%)")
+    assert ar.ratio_text(row.copy().replace({0.08: 0.01})).endswith("p (Holm) 0.01: lower than uniform's at family-wise level 5%)")
+    assert ar.speedup_text(row) == "1.2 (97.9% CI 1.1 to 1.3, 10 seeds) in steps, 1.05 (97.9% CI 0.95 to 1.15, 10 seeds) per training FLOP"
+    assert ar.ratio_text(None) == "n/a" and ar.speedup_text(None) == "n/a"
+
+
+# -- settings, costs and the fixed probes' noise ------------------------------------------------
+def test_fixed_setting_and_flops_ratio_from_the_flop_model():
+    from fmstudy import flops, report
+
+    g = compare_grid()
+    assert ar.fixed_setting(g, "norm_stride") == 8.0 and math.isnan(ar.fixed_setting(g, "probe_per_bin"))
+    assert math.isnan(ar.fixed_setting(None, "norm_stride"))
+    # loss_second_moment charged 1,000 extra forward and 500 extra backward samples (with their Euclidean norms)
+    g["extra_forward"].loc[{"sampler": "loss_second_moment", "checkpoint": 1000}] = 1000.0
+    g["extra_backward"].loc[{"sampler": "loss_second_moment", "checkpoint": 1000}] = 500.0
+    cmp = ar.comparison(g)
+    model, batch = report.model_of(g)
+    f, b, n = flops.forward_flops(model), flops.backward_flops(model), flops.norm_flops(model, "euclid")
+    base = 1000 * batch * (f + b)
+    assert ar.flops_ratio(cmp, "loss_second_moment", 1.0) == pytest.approx((base + 1000 * f + 500 * (b + n)) / base)
+    assert ar.flops_ratio(cmp, "uniform", 0.0) == pytest.approx(1.0)
+    assert math.isnan(ar.flops_ratio(cmp, "oracle_qstar", 1.0)) and math.isnan(ar.flops_ratio(None, "var_opt", 1.0))
+
+
+def test_negative_share_and_the_signal_noise_text():
+    assert ar.negative_share(np.array([1.0, -1.0, 2.0, np.nan, -3.0])) == 0.5 and math.isnan(ar.negative_share(np.array([np.nan])))
+    cmp = ar.comparison(compare_grid())
+    shape = (2, len(cmp.ad.sampler), 10, 11, 4)  # sigma, sampler, member, checkpoint, t_bin
+    signal = np.ones(shape)
+    signal[:, :, :, :5, :] = -1.0  # before half the budget: not read
+    signal[0, 0, :, 5:, 0] = -1.0  # uniform at sigma 0, late: one bin in 4 negative
+    ad = cmp.ad.assign(grad_signal=(("sigma", "sampler", "member", "checkpoint", "t_bin"), signal))
+    assert ar.signal_noise_text(cmp._replace(ad=ad)) == "25% at σ = 0; 0% at σ = 1"
+    assert ar.signal_noise_text(cmp) == "n/a" and ar.signal_noise_text(None) == "n/a"
+
+
+# -- oracle_qstar below its ceiling --------------------------------------------------------------
+def gap_comparison(se: float = 0.0) -> ar.Comparison:
+    """oracle_qstar at sigma 1 over 2 equal bins with S = (1, 4), ||G||^2 = 0 and per-bin standard
+    errors ``se``; checkpoints 0, 50, 75, 100 with feedback every 50 steps; R and the run's gain planted."""
+    n_ck = 4
+    dims = ("sigma", "sampler", "member", "checkpoint")
+    ceiling = np.broadcast_to(np.array([np.nan, 1.2, 1.3, 1.25]), (1, 2, 2, n_ck))
+    gain = np.broadcast_to(np.array([np.nan, 1.1, 1.1, 1.15]), (1, 2, 2, n_ck))
+    ad = xr.Dataset(
+        {
+            "bin_grad_sq_adam": ((*dims, "t_bin"), np.broadcast_to(np.array([1.0, 4.0]), (1, 2, 2, n_ck, 2))),
+            "bin_grad_sq_adam_se": ((*dims, "t_bin"), np.full((1, 2, 2, n_ck, 2), se)),
+            "var_adam_full_sq": (dims, np.zeros((1, 2, 2, n_ck))),
+            "var_adam_ceiling": (dims, ceiling),
+            "var_adam_ceiling_bias": (dims, np.full((1, 2, 2, n_ck), 0.02)),
+            "var_adam_gain_run": (dims, gain),
+        },
+        coords={"sigma": [1.0], "sampler": ["uniform", "oracle_qstar"], "member": [0, 1], "checkpoint": [0, 50, 75, 100],
+                "t_lo": ("t_bin", [0.0, 0.5]), "t_hi": ("t_bin", [0.5, 1.0])},
+        attrs={"fixed": json.dumps({"feedback_every": 50, "probe_per_bin": 64})},
+    )
+    return ar.Comparison(ad, ad, ["oracle_qstar"], [1.0], "integrated_excess_ema")
+
+
+def test_ceiling_gap_by_hand():
+    got = ar.ceiling_gap(gap_comparison(), 1.0)
+    # V(U) = sum_k p_k S_k = 2.5; q* = (1/3, 2/3) mixed with the 5% floor: q = 0.95 q* + 0.025
+    q = 0.95 * np.array([1 / 3, 2 / 3]) + 0.025
+    floored = 2.5 / (0.25 * (1 / q[0] + 4 / q[1]))
+    assert got.floored == pytest.approx(floored) and got.redrawn == pytest.approx(floored)  # no probe error: the redraw is q* itself
+    assert 2.5 / 2.25 > floored  # R of these moments (q* = (1/3, 2/3): V = 2.25) is above the floored gain
+    assert got.ceiling == pytest.approx(1.25) and got.gain == pytest.approx((1.1 + 1.1 + 1.15) / 3) and got.bias == pytest.approx(0.02)
+    # checkpoints 50 and 100 fall on a feedback (every 50 steps), 75 does not
+    assert (got.fresh, got.stale) == (2, 1) and got.gap_fresh == pytest.approx(0.1) and got.gap_stale == pytest.approx(0.2)
+    assert (got.floor, got.per_bin, got.every) == (0.05, 64.0, 50.0)
+    noisy = ar.ceiling_gap(gap_comparison(se=1.0), 1.0, draws=400)
+    assert noisy.redrawn < floored  # errors in S move q away from q*: the gain falls
+    assert ar.ceiling_gap(gap_comparison(), 1.0, name="var_opt") is None and ar.ceiling_gap(None, 1.0) is None
+
+
+def test_ceiling_gap_text_names_each_piece():
+    gap = ar.CeilingGap(1.19, 0.017, 1.186, 1.144, 1.14, 0.047, 4, 0.044, 3, 0.05, 64.0, 50.0)
+    gap1 = gap._replace(ceiling=1.18, bias=0.015, gain=1.141)
+    text = ar.ceiling_gap_text({0.0: gap, 1.0: gap1})
+    assert text.startswith("`oracle_qstar`'s gain in its own runs, 1.14 and 1.14, is below their ceiling R, 1.19 and 1.18 "
+                           "(σ = 0 and 1 in this order). The 5% floor is not why")
+    for piece in ("every 50 steps", "0.047 and 0.047 at the 4 checkpoints", "0.044 and 0.044 at the 3 others", "64 probes per bin",
+                  "(jackknife bias estimate +0.017 and +0.015)", "gives 1.14 and 1.14", "not a measured decomposition"):
+        assert piece in text, piece
+    assert ar.ceiling_gap_text({0.0: None}) == "`oracle_qstar` was not run in this profile"
+
+
+# -- the stability sweep's tests against uniform, as the page shows them -----------------------------
+def wilson(k: int, n: int = 10) -> Estimate:
+    ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    return Estimate(k / n, ci.low, ci.high, n)
+
+
+def test_stability_tables_and_the_fisher_verdict():
+    idx = pd.MultiIndex.from_tuples([(s, g, lr) for s in ("uniform", "a") for g in (0.0, 1.0) for lr in (0.1, 0.3)],
+                                    names=["sampler", "sigma", "lr"])
+    ks = [0, 6, 0, 5, 2, 6, 0, 7]  # uniform, then a: sigma 0 (0.1, 0.3), sigma 1 (0.1, 0.3)
+    table = pd.DataFrame({"failed": [wilson(k) for k in ks]}, index=idx)
+    shown = stab.counts_shown(table)
+    assert list(shown.columns) == ["rate 0.1", "rate 0.3"] and shown.index.names == ["sigma", "sampler"]
+    assert shown.loc[(0.0, "a"), "rate 0.1"] == f"2 of 10 [{wilson(2).lo:.2f}, {wilson(2).hi:.2f}]" == "2 of 10 [0.06, 0.51]"
+    tests = pd.DataFrame({"lr": [0.1, 0.3], "failed": [wilson(2), wilson(7)], "baseline_failed": [wilson(0), wilson(5)],
+                          "k": [2, 7], "n": [10, 10], "baseline_k": [0, 5], "baseline_n": [10, 10], "p": [2 * 45 / 190, 0.65],
+                          "p_holm": [0.95, 0.95]}, index=pd.MultiIndex.from_tuples([("a", 0.0), ("a", 1.0)], names=["sampler", "sigma"]))
+    s = summary([0.1, math.nan, 0.3, 0.1, 0.3, 0.3], [True, True, False, True, False, False])
+    assert stab.less_stable_text(s, tests) == (
+        "a at σ = 0 (at rate 0.1: 2 of 10 seeds failed against uniform's 0 of 10; Fisher's exact p = 0.47, Holm-adjusted 0.95), "
+        "b at σ = 0, a at σ = 1 (at rate 0.3: 7 of 10 seeds failed against uniform's 5 of 10; Fisher's exact p = 0.65, Holm-adjusted 0.95)")
+    assert stab.tests_text(tests) == ("none of the 2 (sampler, σ) rows differs from uniform in its failures at family-wise level 5% "
+                                      "(Fisher's exact test, Holm over the rows): not distinguishable at 10 seeds")
+    hit = tests.assign(p_holm=[0.01, 0.95])
+    assert stab.tests_text(hit) == "1 of the 2 (sampler, σ) rows differ from uniform in their failures at family-wise level 5%: " \
+                                   "a at σ = 0 (more failures; Holm p = 0.01)"
+    assert stab.tests_text(tests.assign(p=math.nan)).startswith("no sampler or uniform failed a seed")
+    full = s.assign(baseline_largest_stable_lr=[0.3] * 6, failed=[wilson(6)] * 6, diverged=[wilson(0)] * 6,
+                    spikes_ci=[Estimate(3.6, 0.49, 6.7, 10)] * 6, max_failed=[0.9] * 6)
+    page = stab.summary_shown(full, tests)
+    assert page.loc[("a", 0.0), "failed there [95% CI]"] == "6 of 10 [0.31, 0.83]"
+    assert page.loc[("b", 0.0), "largest stable rate"] == "none" and page.loc[("a", 1.0), "uniform breaks at"] == "not reached"
+    assert page.loc[("a", 0.0), "spikes per seed there [95% CI]"] == "3.6 [0.49, 6.7]"
+    assert list(page.loc[("a", 0.0), ["vs uniform: rate tested", "Fisher p", "p (Holm)"]]) == ["0.1", "0.47", "0.95"]
+    assert list(page.loc[("uniform", 0.0), ["vs uniform: rate tested", "Fisher p", "p (Holm)"]]) == ["—"] * 3
