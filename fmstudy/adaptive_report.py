@@ -474,12 +474,12 @@ def ceiling_gap_text(gaps: Mapping[float, CeilingGap | None], name: str = "oracl
 
 
 def curves_figure(cmp: Comparison) -> plt.Figure:
-    """One panel per sigma: each sampler's curve of the convergence metric, mean over seeds with a 95% bootstrap band."""
+    """One panel per sigma: each sampler's curve of the convergence metric, mean over seeds with a 95% t band (plots.t_band)."""
     n = len(cmp.sigmas)
     fig, axes = plt.subplots(1, n, figsize=(6.5 * n, 4.4), layout="constrained", squeeze=False)
     for ax, sigma in zip(axes[0], cmp.sigmas):
         plots.band_curves(report.tidy_curves(cmp.ad.sel(sigma=sigma), cmp.metric), "checkpoint", cmp.metric, "sampler", ax=ax)
-        ax.set_title(f"σ = {sigma:g}: mean over seeds, 95% bootstrap band")
+        ax.set_title(f"σ = {sigma:g}: mean over seeds, 95% t band")
     return fig
 
 

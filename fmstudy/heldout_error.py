@@ -35,7 +35,7 @@ import xarray as xr
 
 from .analysis import Estimate, paired_ratio
 
-__all__ = ["distortion", "distortion_bound", "distortion_table", "unresolved"]
+__all__ = ["comparison_bound", "distortion", "distortion_bound", "distortion_table", "unresolved"]
 
 
 def distortion(run: xr.Dataset, base: xr.Dataset, heldout: str = "heldout_objective_ema", exact: str = "integrated_excess_ema",
@@ -85,6 +85,16 @@ def distortion_bound(tables: Iterable[pd.DataFrame], unbiased_only: bool = True)
                 far = max(abs(math.log(e.lo)), abs(math.log(e.hi)))
                 worst = far if not np.isfinite(worst) else max(worst, far)
     return math.exp(worst) if np.isfinite(worst) else math.nan
+
+
+def comparison_bound(ds: xr.Dataset | None) -> float:
+    """:func:`distortion_bound` of the comparison grid ``ds`` (a sampler axis, one value of
+    every other axis but ``sigma``): over its unbiased samplers at each of its sigmas, the bound
+    chapters 5, 6, 7 and 9 hold held-out ratios against. NaN without it or its oracle."""
+    if ds is None or "sampler" not in ds.dims:
+        return math.nan
+    sigmas = list(ds.sigma.values) if "sigma" in ds.dims else [None]
+    return distortion_bound(distortion_table(ds if s is None else ds.sel(sigma=s)) for s in sigmas)
 
 
 def unresolved(ratio: Estimate, bound: float) -> bool:

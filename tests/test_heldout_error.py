@@ -72,3 +72,16 @@ def test_one_run_against_the_baselines_runs_and_unpaired_seeds_refused():
     assert got.value == pytest.approx(0.99) and got.n == 10
     with pytest.raises(ValueError, match=r"^members .* are not allowed: pairs need the same seeds"):
         distortion(ds.sel(sampler="w").assign_coords(member=np.arange(10) + 1), ds.sel(sampler="uniform"))
+
+
+def test_the_comparison_bound_runs_over_its_sigmas():
+    from fmstudy.heldout_error import comparison_bound
+
+    rng = np.random.default_rng(3)
+    parts = []
+    for factor in (1.002, 0.99):  # sigma 0: a distorted by 0.2%; sigma 1: by 1% (no spread: the interval is the point)
+        c, e_u, e_a = 7 + rng.random(10), 0.1 * rng.random(10), 0.1 * rng.random(10)
+        parts.append(_grid({"uniform": c + e_u, "a": factor * (c + e_a)}, {"uniform": e_u, "a": e_a}, {"uniform": True, "a": True}))
+    ds = xr.concat(parts, dim="sigma").assign_coords(sigma=[0.0, 1.0])
+    assert comparison_bound(ds) == pytest.approx(1 / 0.99)
+    assert comparison_bound(ds.sel(sigma=0.0)) == pytest.approx(1.002) and math.isnan(comparison_bound(None))
