@@ -45,6 +45,8 @@ __all__ = [
     "beyond_ceiling_text",
     "predicted_vs_measured",
     "prediction_correlation",
+    "setting_text",
+    "without",
 ]
 
 _SETTING = ("benchmark", "benchmark_options", "sigma", "steps")
@@ -92,6 +94,16 @@ def predicted_vs_measured(
     # a cell that two datasets share (compare's sigma = 1 cells are also the sigma sweep's and the
     # budget sweep's 1,000-step cells) is one point, counted where it first appears
     return pd.DataFrame(rows).drop_duplicates("cell_id", ignore_index=True) if rows else pd.DataFrame(rows)
+
+
+def without(table: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """The rows of :func:`predicted_vs_measured`'s table whose sampler, options dropped
+    ("logit_normal(m=0.0, ...)" -> "logit_normal"), is not in ``names``: e.g. the correlation
+    (P.1) without one sampler's cluster of points."""
+    if isinstance(names, str):
+        raise ValueError(f"names={names!r} is not allowed: give a sequence of sampler names, e.g. [{names!r}]")
+    keep = [str(s).split("(")[0] not in set(names) for s in table["sampler"]] if len(table) else []
+    return table[np.asarray(keep, dtype=bool)] if len(table) else table
 
 
 def _corr_rows(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -160,16 +172,35 @@ def prediction_correlation(
     return out
 
 
+def setting_text(row: pd.Series) -> str:
+    """A point's setting in words: its benchmark (with its options), sigma and budget, e.g. "gmm8,
+    σ = 0.5, 1,000 steps" or "gmm-d (dim=8, seed=0), σ = 1, 1,000 steps"; a setting not recorded
+    (NaN or blank) is left out."""
+
+    def known(v: object) -> bool:
+        return not (v is None or (isinstance(v, (float, np.floating)) and not np.isfinite(v)) or str(v) == "")
+
+    parts = []
+    if known(row.get("benchmark")):
+        parts.append(str(row["benchmark"]) + (f" ({row['benchmark_options']})" if known(row.get("benchmark_options")) else ""))
+    if known(row.get("sigma")):
+        parts.append(f"σ = {float(row['sigma']):g}")
+    if known(row.get("steps")):
+        parts.append(f"{float(row['steps']):,.0f} steps")
+    return ", ".join(parts)
+
+
 def beyond_ceiling_text(pvm: pd.DataFrame) -> str:
     """Over the points of :func:`predicted_vs_measured`, how many measured step speed-ups exceed
     the speed-up the ceiling R predicts (``predicted_R``, 4.6): beyond their interval (each its
-    own, not corrected over the points), naming them, and in the point estimate only
-    (:func:`fmstudy.account_report.above_ceiling`); "not measured in this profile" without points."""
+    own, not corrected over the points), naming them with their setting (:func:`setting_text`),
+    and in the point estimate only (:func:`fmstudy.account_report.above_ceiling`); "not measured
+    in this profile" without points."""
     flags = above_ceiling(pvm, "predicted_R", "speedup_steps") if len(pvm) else pd.Series(dtype=object)
     flags = flags[flags != "n/a"]
     if not len(flags):
         return "not measured in this profile"
-    beyond = [f"{pvm.loc[i, 'sampler']} on {pvm.loc[i, 'dataset']} at σ = {float(pvm.loc[i, 'sigma']):g}" for i in flags.index[flags == "beyond its interval"]]
+    beyond = [f"{pvm.loc[i, 'sampler']} on {setting_text(pvm.loc[i])}" for i in flags.index[flags == "beyond its interval"]]
     point = int((flags == "point estimate only").sum())
     return (f"{len(beyond)} of {len(flags)} measured step speed-ups exceed the ceiling's predicted speed-up beyond their interval"
             + (f" ({'; '.join(beyond)})" if beyond else "") + f", {point} more in the point estimate only")

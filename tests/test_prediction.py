@@ -17,7 +17,7 @@ from scipy import stats
 
 from fmstudy import plots
 from fmstudy.analysis import Estimate
-from fmstudy.prediction import beyond_ceiling_text, predicted_vs_measured, prediction_correlation
+from fmstudy.prediction import beyond_ceiling_text, predicted_vs_measured, prediction_correlation, setting_text, without
 
 
 def S(r: float) -> float:
@@ -155,6 +155,21 @@ def test_beyond_ceiling_counts_and_names_the_settings_above_the_predicted_ceilin
                         "speedup_steps": [Estimate(1.21, 1.16, 1.32, 10), Estimate(1.13, 1.05, 1.3, 10), Estimate(1.0, 0.9, 1.1, 10), None]})
     # var_opt: lower bound 1.16 > 1.111 (beyond); oracle_qstar: 1.13 > 1.124 > 1.05 (point only); grad_norm: no; uniform: n/a
     assert beyond_ceiling_text(pvm) == (
-        "1 of 3 measured step speed-ups exceed the ceiling's predicted speed-up beyond their interval (var_opt on sigma at σ = 0.5), "
+        "1 of 3 measured step speed-ups exceed the ceiling's predicted speed-up beyond their interval (var_opt on σ = 0.5), "
         "1 more in the point estimate only")
+    # with its setting recorded, the point is named by it in words
+    full = pvm.assign(benchmark="gmm-d", benchmark_options="dim=8, seed=0", steps=1000.0)
+    assert "(var_opt on gmm-d (dim=8, seed=0), σ = 0.5, 1,000 steps)" in beyond_ceiling_text(full)
     assert beyond_ceiling_text(pvm.iloc[:0]) == "not measured in this profile"
+
+
+def test_setting_text_and_without_by_hand():
+    row = pd.Series({"benchmark": "gmm8", "benchmark_options": np.nan, "sigma": 0.0, "steps": 10000.0})
+    assert setting_text(row) == "gmm8, σ = 0, 10,000 steps"
+    assert setting_text(pd.Series({"benchmark": "digits", "benchmark_options": "", "sigma": 0.5})) == "digits, σ = 0.5"
+    assert setting_text(pd.Series({"sigma": np.nan})) == ""
+    table = pd.DataFrame({"sampler": ["logit_normal(m=0.0, reweight=True)", "var_opt", "logit_normal_x"], "predicted": [0.2, 1.1, 1.0]})
+    assert list(without(table, ["logit_normal"])["sampler"]) == ["var_opt", "logit_normal_x"]  # options dropped, names whole
+    assert len(without(table, [])) == 3 and without(table.iloc[:0], ["var_opt"]).empty
+    with pytest.raises(ValueError, match="give a sequence of sampler names"):
+        without(table, "var_opt")
