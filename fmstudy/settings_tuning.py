@@ -2,9 +2,11 @@
 sub-grid, the rule's choice on each (``lr_tuning.tuned_rates``, L.1), the check that every
 evaluation cell ran at it on seeds disjoint from the tuning seeds (``lr_tuning.check_tuned``),
 the chosen rates at an end of their candidate range, and what the rule's metric costs on the
-exact one where there is an oracle (``lr_tuning.rule_cost``, L.2):
+integrated excess where there is an oracle (a fixed quadrature with the exact v*, no target
+noise; ``lr_tuning.rule_cost``, L.2):
 
     cost(g) = mean_s excess_s(lr_rule) / min_lr mean_s excess_s(lr)   (1: the rule chose the best)
+    factor(s) = cost(s) / cost(uniform)    (how far the rule can bias the ratio of s to uniform)
 
 The sweeps, the prediction and the sample quality of the chapter are in
 :mod:`fmstudy.settings_report`.
@@ -21,7 +23,10 @@ import xarray as xr
 
 from . import lr_tuning
 
-__all__ = ["TUNED_BY", "TuningCheck", "candidates_text", "check_tuning", "cost_texts", "edge_rates", "edge_text", "rates_table", "tuning_names"]
+__all__ = [
+    "TUNED_BY", "TuningCheck", "candidates_text", "check_tuning", "cost_factor", "cost_factors", "cost_texts", "edge_rates", "edge_text",
+    "edge_words", "factors_text", "rate_choice_text", "rates_table", "rule_costs", "tuned_rates", "tuning_setting_text", "tuning_names",
+]
 
 Key = Callable[[str, Any], Any]
 
@@ -37,7 +42,7 @@ TUNED_BY: dict[str, tuple[tuple[str, ...], Key | None]] = {
     "toys": (("tune-checkerboard",), None),
     "real": (("tune-digits", "tune-mnist1d"), None),
 }
-JUDGE = "integrated_excess_ema"  # the exact objective (less a constant) where the benchmark has an oracle
+JUDGE = "integrated_excess_ema"  # the objective less a constant, on the oracle's fixed quadrature, where the benchmark has one
 
 
 class TuningCheck(NamedTuple):
@@ -109,6 +114,25 @@ def edge_text(edges: list[tuple[str, Any, float]]) -> str:
     return "; ".join(f"{t}: {', '.join(str(k) for k in (i if isinstance(i, tuple) else (i,))[:2])} at {lr:g}" for t, i, lr in edges) or "none"
 
 
+def edge_words(edges: list[tuple[str, Any, float]], tuned: Mapping[str, pd.DataFrame]) -> str:
+    """Each edge of :func:`edge_rates` in words: "logit_normal on digits at 0.003 (the lowest of its
+    candidates)" (the row's first index label, options dropped; the tuning grid without its
+    "tune-" prefix), joined by "; "; "none"."""
+    out = []
+    for t, i, lr in edges:
+        first = (i if isinstance(i, tuple) else (i,))[0]
+        rates = tuned[t].loc[i, "rates"] if t in tuned else (lr,)
+        end = "lowest" if lr == min(rates) else "highest"
+        out.append(f"{str(first).split('(')[0]} on {t.removeprefix('tune-')} at {lr:g} (the {end} of its candidates)")
+    return "; ".join(out) or "none"
+
+
+def tuned_rates(tune: Mapping[str, xr.Dataset | None]) -> dict[str, pd.DataFrame]:
+    """``lr_tuning.tuned_rates`` of every tuning grid that ran, by name (without the check of the
+    evaluation grids that :func:`check_tuning` adds)."""
+    return {t: lr_tuning.tuned_rates(ds) for t, ds in tune.items() if ds is not None}
+
+
 def candidates_text(tuned: Mapping[str, pd.DataFrame]) -> str:
     """The distinct numbers of candidate rates over every tuned row, "4 or 5"; "n/a" without any."""
     counts = sorted({len(r) for t in tuned.values() for r in t["rates"]})
@@ -142,3 +166,90 @@ def rates_table(tuned: Mapping[str, pd.DataFrame]) -> pd.DataFrame | None:
     rates = pd.concat([t.reset_index().assign(tuning=name) for name, t in tuned.items()], ignore_index=True)
     cols = [c for c in ("tuning", "sampler", "weighting", "benchmark_options", "target", "lr", "rates", "n") if c in rates]
     return rates[cols].fillna("").set_index(cols[:-3])
+
+
+def rule_costs(tune: Mapping[str, xr.Dataset | None], names: list[str] | None = None) -> pd.DataFrame:
+    """The rule's cost (L.2, ``lr_tuning.rule_cost`` judged on :data:`JUDGE`) of every tuning grid
+    of ``names`` (default :func:`tuning_names`, in that order) that ran and measured the integrated
+    excess, in one table with a ``tuning`` column (what :func:`check_tuning` returns as ``cost``,
+    without the evaluation grids); empty without any."""
+    names = tuning_names() if names is None else names
+    parts = [lr_tuning.rule_cost(tune[t], judge=JUDGE).assign(tuning=t) for t in names if tune.get(t) is not None and JUDGE in tune[t]]
+    return pd.concat(parts) if parts else pd.DataFrame()
+
+
+def _costs_of(cost: pd.DataFrame, tuning: str) -> pd.Series:
+    """The ``cost`` column of one tuning grid's rows, indexed by the sampler label (the last index level)."""
+    rows = cost[cost["tuning"] == tuning] if len(cost) else cost
+    if not len(rows):
+        return pd.Series(dtype=float)
+    idx = [i[-1] if isinstance(i, tuple) else i for i in rows.index]
+    return pd.Series(rows["cost"].to_numpy(float), index=[str(i) for i in idx])
+
+
+def cost_factor(cost: pd.DataFrame, sampler: str, tuning: str = "tune-gmm8", baseline: str = "uniform") -> float:
+    """How far the rule's choice of rates can bias ``sampler``'s ratio to ``baseline``: the ratio
+    of their costs (L.2) on ``tuning``, cost(sampler) / cost(baseline); above 1 the rule handicaps
+    the sampler (its ratio to the baseline reads that much worse than at both best rates). NaN
+    where the tuning grid did not measure both."""
+    c = _costs_of(cost, tuning)
+    if sampler not in c.index or baseline not in c.index:
+        return float("nan")
+    return float(c[sampler] / c[baseline])
+
+
+def cost_factors(cost: pd.DataFrame, tuning: str = "tune-gmm8", baseline: str = "uniform") -> pd.Series:
+    """:func:`cost_factor` of every sampler of ``tuning`` but the baseline, indexed by its label,
+    in the order of the cost table; empty without the baseline's cost."""
+    c = _costs_of(cost, tuning)
+    if baseline not in c.index:
+        return pd.Series(dtype=float)
+    return (c / c[baseline]).drop(index=baseline)
+
+
+def factors_text(factors: pd.Series, keep: Any = None) -> str:
+    """The cost factors (of the labels in ``keep``, default all) as "name f" (options dropped, 3
+    significant digits), largest first, joined by ", "; "n/a" for none."""
+    if keep is not None:
+        factors = factors[factors.index.isin([str(k) for k in keep])]
+    if not len(factors):
+        return "n/a"
+    f = factors.sort_values(ascending=False, kind="stable")
+    return ", ".join(f"{str(i).split('(')[0]} {v:.3g}" for i, v in f.items())
+
+
+def rate_choice_text(cost: pd.DataFrame, tuning: str = "tune-gmm8", what: str = "gmm8 samplers") -> str:
+    """Which rates the rule chose on ``tuning`` and which the integrated excess would have chosen
+    (``lr_rule``/``lr_best`` of the cost table), each as "r for k of n" (most frequent first, then
+    the others in brackets), e.g. "the rule chose 0.03 for 9 of the 10 gmm8 samplers (0.01 for 1);
+    ranked by the integrated excess on the same tuning runs, it would have been 0.01 for 8 of the 10 (0.03 for 2)";
+    "n/a" without that tuning grid's costs."""
+    rows = cost[cost["tuning"] == tuning] if len(cost) else cost
+    if not len(rows):
+        return "n/a"
+    n = len(rows)
+
+    def counts(col: str, what: str = "") -> str:
+        vc = rows[col].value_counts(sort=False).sort_values(ascending=False, kind="stable")
+        rest = ", ".join(f"{r:g} for {k}" for r, k in vc.iloc[1:].items())
+        return f"{vc.index[0]:g} for {vc.iloc[0]} of the {n}{what}" + (f" ({rest})" if rest else "")
+
+    return (f"the rule chose {counts('lr_rule', ' ' + what)}; ranked by the integrated excess on the same tuning runs, "
+            f"it would have been {counts('lr_best')}")
+
+
+def tuning_setting_text(tune: Mapping[str, xr.Dataset | None]) -> str:
+    """Where the rates were tuned, from the tuning grids that ran (their fixed ``sigma``,
+    ``steps`` and ``benchmark``), grouped by setting in the order first met: e.g. "σ = 1 and
+    1,000 steps (gmm8, gmm-d, checkerboard) or σ = 0.5 and 1,000 steps (digits, mnist1d)"; "n/a"
+    without any."""
+    where: dict[tuple[float, float], list[str]] = {}
+    for t in tune.values():
+        if t is None:
+            continue
+        sigma, steps = (float(lr_tuning.cell_param(t, {}, k)) for k in ("sigma", "steps"))
+        bench = str(lr_tuning.cell_param(t, {}, "benchmark"))
+        names = where.setdefault((sigma, steps), [])
+        if bench not in names:
+            names.append(bench)
+    return " or ".join(f"σ = {s:g} and {st:,.0f} steps ({', '.join(b)})" for (s, st), b in where.items()) or "n/a"

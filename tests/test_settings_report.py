@@ -12,6 +12,7 @@ import pytest
 import xarray as xr
 from planted import SPREAD, grid
 from planted import cell as planted_cell
+from scipy import stats
 
 from fmstudy import settings_report as sr
 from fmstudy import settings_tuning as st
@@ -196,15 +197,53 @@ def test_prediction_summary_by_hand():
     assert s["or_pearson"][0].n == 3 and s["ra_pearson"][0].n == 4
     # measured over predicted: 1.21 / 1.1 = 1.1, 1.69 / 1.3 = 1.3, 2.56 / 1.6 = 1.6
     assert s["calib"] == ("1.30 (range 1.10 to 1.60, 3 points)", ".3g")
-    assert s["pred_max"] == (2.0, ".3g") and s["ceiling_max"] == (2.4, ".3g")
+    assert s["pred_max"] == (2.0, "#.3g") and s["ceiling_max"] == (2.4, "#.3g")
+    # one point's median is not identified (the fourth, predicted 2.0: not below 1); no logit-normal point to leave out
+    assert s["calib_out"] == (1, "d") and s["calib_out_below"] == (0, "d")
+    assert s["wo_pts"] == (4, "d") and s["wo_out"] == (0, "d") and s["wo_pearson"][0].value == pytest.approx(1.0)
     assert sr.prediction_summary(_pvm().iloc[2:])["or_pearson"] == ("n/a", ".2f")  # one oracle point
     assert sr.prediction_summary(pd.DataFrame()) == {k: ("n/a", ".3g") for k in sr.SUMMARY}
     t = sr.pvm_table(_pvm())
     assert t.index.names == ["dataset", "sampler"]
-    assert list(t.columns) == [c for c in sr.PVM_COLUMNS if c not in ("dataset", "sampler")] + ["above R's prediction"]
-    assert t["ratio"].iloc[0] == "0.909 [0.909, 0.909]"
+    assert list(t.columns) == ["benchmark", "benchmark_options", "sigma", "steps", "r (gain)", "B_noise / B", "S(r) predicted",
+                               "S(R) predicted", "speedup_steps [95% CI]", "ratio [95% CI]", "n", "above R's prediction"]
+    # 3 significant figures with trailing zeros: 1 / 1.1 = 0.90909..., predicted 1.1 -> "1.10", S(R) 1.5 -> "1.50"
+    assert t["ratio [95% CI]"].iloc[0] == "0.909 [0.909, 0.909]"
+    assert list(t["S(r) predicted"]) == ["1.10", "1.30", "1.60", "2.00"] and list(t["S(R) predicted"]) == ["1.50", "1.70", "1.80", "2.40"]
+    assert list(t["sigma"]) == ["0", "0.5", "1", "2"] and list(t["steps"]) == ["1,000"] * 4 and list(t["benchmark_options"]) == [""] * 4
     # measured 1.21, 1.69, 2.56 [0, 9], NaN against R's predicted 1.5, 1.7, 1.8, 2.4
     assert list(t["above R's prediction"]) == ["no", "no", "point estimate only", "n/a"]
+
+
+def test_prediction_summary_without_the_logit_normal_cluster_and_the_calibrations_scope():
+    # two logit-normal points far below (predicted 0.3, 0.5, never reaching uniform) join the four of _pvm
+    ln = _pvm().iloc[:2].assign(sampler="logit_normal(reweight=True)", predicted=[0.3, 0.5], gain=[0.3, 0.5],
+                                speedup_steps=[Estimate(math.nan, 0, 1, 10, below=1.0)] * 2,
+                                ratio=[Estimate(v, v, v, 10) for v in (3.0, 1.5)])
+    pvm = pd.concat([_pvm(), ln], ignore_index=True)
+    s = sr.prediction_summary(pvm)
+    # left out of the calibration: the two logit-normal points (both predicted below 1) and _pvm's fourth
+    assert s["calib_out"] == (3, "d") and s["calib_out_below"] == (2, "d")
+    assert s["calib"][0] == "1.30 (range 1.10 to 1.60, 3 points)"
+    # without them: _pvm's four points, whose final gain is the prediction itself (Pearson 1); with them, scipy's on logs
+    assert s["wo_out"] == (2, "d") and s["wo_pts"] == (4, "d") and s["wo_pearson"][0].value == pytest.approx(1.0)
+    x = np.r_[[1.1, 1.3, 1.6, 2.0], [0.3, 0.5]]
+    y = np.r_[[1.1, 1.3, 1.6, 2.0], [1 / 3.0, 1 / 1.5]]
+    assert s["ra_pearson"][0].value == pytest.approx(stats.pearsonr(np.log(x), np.log(y)).statistic)
+
+
+def test_pvm_parts_show_every_row_of_each_sub_grid_with_its_fixed_settings_in_the_title():
+    budget = _pvm().iloc[:2].assign(dataset="budget", sigma=1.0, steps=[300.0, 3000.0])
+    parts = sr.pvm_parts(pd.concat([_pvm(), budget], ignore_index=True))
+    assert [title for title, _ in parts] == ["sigma (gmm8, 1,000 steps)", "budget (gmm8, σ = 1)"]
+    sigma, bud = parts[0][1], parts[1][1]
+    assert sigma.index.names == ["σ", "sampler"] and len(sigma) == 4 and "benchmark" not in sigma and "steps" not in sigma
+    assert list(sigma.index) == [("0", "var_opt"), ("0.5", "var_opt"), ("1", "var_opt"), ("2", "var_opt")]
+    assert bud.index.names == ["steps", "sampler"] and list(bud.index.get_level_values("steps")) == ["300", "3,000"]
+    assert "R (ceiling)" not in sigma  # _pvm has no ceiling column; a real table has
+    assert sr.pvm_parts(pd.DataFrame()) == []
+    with_r = sr.pvm_table(_pvm().assign(ceiling=[1.25, 1.5, 2.0, 3.0]))
+    assert list(with_r["R (ceiling)"]) == ["1.25", "1.50", "2.00", "3.00"]
 
 
 def _real(axis: bool = True) -> xr.Dataset:
