@@ -20,7 +20,7 @@ import xarray as xr
 
 from . import report
 from .account_report import ceiling_table
-from .analysis import Estimate
+from .analysis import Estimate, holm
 from .sweeps import holm_counts
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "best_allocation",
     "ceiling_text",
     "compare_tables",
+    "family_holm",
     "family_rows",
     "family_verdict",
     "loss_verdict",
@@ -42,8 +43,10 @@ __all__ = [
     "scale_text",
     "signal_text",
     "span",
+    "tuning_error_text",
     "vs_uniform",
     "head_to_head",
+    "weighting_cost_text",
     "weighting_vs_text",
 ]
 
@@ -121,6 +124,13 @@ def family_verdict(tables: Mapping[float, pd.DataFrame], names: Iterable[str]) -
     return better, worse, n, (min(scored, key=lambda x: x[2].value) if scored else None)
 
 
+def family_holm(tables: Mapping[float, pd.DataFrame], names: Iterable[str]) -> pd.Series:
+    """Holm's adjusted p (A.6) of each row of :func:`family_rows` over the family's rows (the
+    p-values ``sweeps.holm_counts`` judges it by), indexed as those rows; empty for none."""
+    rows = family_rows(tables, names)
+    return pd.Series(holm(np.array([e.p for e in rows["ratio"]], dtype=float)), index=rows.index, dtype=float)
+
+
 def named_ratio_text(tables: Mapping[float, pd.DataFrame], name: str = "var_opt") -> str:
     """Each sigma's ratio of the row ``name`` (exact label) as "σ = s: ratio (CI)", joined by "; "
     over the sigmas whose table has it; "n/a" when none has."""
@@ -128,17 +138,40 @@ def named_ratio_text(tables: Mapping[float, pd.DataFrame], name: str = "var_opt"
 
 
 def loss_verdict(tables: Mapping[float, pd.DataFrame], names: Iterable[str] = LOSS_BASED) -> str:
-    """The loss-based samplers' Holm counts (:func:`family_verdict`) and the :func:`span` of their
-    ratios to uniform, or "not run in this profile"."""
+    """The loss-based samplers' Holm counts (:func:`family_verdict`, Holm over their own rows) and
+    the :func:`span` of their ratios to uniform, or "not run in this profile"."""
     names = tuple(names)
     better, worse, n, _ = family_verdict(tables, names)
     if not n:
         return NOT_RUN
     ratios = family_rows(tables, names)["ratio"]
     return (
-        f"better than uniform in {better} and worse in {worse} of {n} (sampler, σ) comparisons (family-wise 5%, Holm), "
+        f"better than uniform in {better} and worse in {worse} of {n} (sampler, σ) comparisons (family-wise 5%, Holm over these {n} rows), "
         f"final ratio to uniform {span(ratios)}"
     )
+
+
+def tuning_error_text(tables: Mapping[float, pd.DataFrame], names: Iterable[str], factors: Mapping[str, float]) -> str:
+    """Which of the family's significant rows (Holm over the family, :func:`family_verdict`) the
+    learning-rate rule alone could explain: a row whose 95% interval holds its sampler's cost
+    factor f (``settings_tuning.cost_factor``: the rule's cost for the sampler over uniform's, so
+    that at both samplers' best rates its ratio would read about r / f). Each such row as
+    "sampler at σ = s: ratio r (95% CI lo to hi), factor f", after "k of the m significant rows"
+    (those with a factor), then how many significant rows have none; "no significant row" or "no
+    cost factor for its samplers" where that is so."""
+    rows = family_rows(tables, names)
+    holm_p = family_holm(tables, names)
+    sig = [(i, r) for i, r in rows["ratio"].items() if np.isfinite(holm_p[i]) and holm_p[i] < 0.05]
+    if not sig:
+        return "no significant row"
+    known = [(i, r, float(factors.get(str(i[1]), np.nan))) for i, r in sig]
+    known = [(i, r, f) for i, r, f in known if np.isfinite(f)]
+    if not known:
+        return "no cost factor for its samplers"
+    within = [f"{base_name(i[1])} at σ = {float(i[0]):g}: ratio {r.value:.3g} (95% CI {r.lo:.3g} to {r.hi:.3g}), factor {f:.3g}"
+              for i, r, f in known if r.lo <= f <= r.hi]
+    return (f"{len(within)} of the {len(known)} significant rows" + (f" ({'; '.join(within)})" if within else "")
+            + (f", and {len(sig) - len(known)} more without a cost factor" if len(sig) > len(known) else ""))
 
 
 def signal_text(tables: Mapping[float, pd.DataFrame], names: Iterable[str] = SIGNAL) -> str:
@@ -229,8 +262,29 @@ def weighting_vs_text(weightings: pd.DataFrame | None, allocations: pd.DataFrame
     text = (f"{'below' if lower else 'not below'} every unbiased allocation's at σ = 1 (point estimates): {u.value:.3g} against the best "
             f"allocation, {best_name}, at {best.value:.3g}")
     if direct is not None:
-        text += f"; paired by seed, uncertainty weighting / {best_name} = {direct.text('.3g')}, p = {direct.p:.2g}"
+        text += (f"; paired by seed, uncertainty weighting / {best_name} = {direct.text('.3g')}, p = {direct.p:.2g} (exploratory: "
+                 f"{best_name} was picked as the best allocation after the results were seen, and neither the interval nor p "
+                 "allows for that choice)")
     return text
+
+
+def weighting_cost_text(grid: xr.Dataset | None) -> str:
+    """What the learned uncertainty weighting (W.3) adds to a training step, against the MLP's own
+    forward and backward FLOPs per sample (flops F.1 + F.2 of ``tables.model_of`` the grid): a
+    table of ``n_bins`` log-variances per member, not a network; per sample a lookup, an
+    exponential and a multiply-add, and Adam on those values once a step. flops.py (F.5) does not
+    count it, as it does not count the loss. "n/a" without the grid."""
+    if grid is None:
+        return "n/a (not run in this profile)"
+    from .flops import backward_flops, forward_flops
+    from .lr_tuning import cell_param
+    from .tables import model_of
+
+    model, _ = model_of(report.select_benchmark(grid))
+    k = int(cell_param(grid, {}, "n_bins"))
+    return (f"a table of {k} log-variances per member (one per t-bin), not a network: per training sample a lookup, an exponential "
+            f"and a multiply-add, and Adam on its {k} values once a step, against the MLP's {forward_flops(model) + backward_flops(model):,} "
+            "FLOPs per sample forward and backward; the FLOP counts (chapter 8) do not include it, as they do not include the loss itself")
 
 
 def scale_text(profile: str, seeds: int, tuned: bool, budgets: bool) -> str:

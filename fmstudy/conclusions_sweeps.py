@@ -14,6 +14,7 @@ stability group's first failing rate is the smallest swept lr with k >= 1 of n s
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -22,6 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from . import prediction, report, stability, sweeps
+from .analysis import Estimate
 from .conclusions import NOT_RUN, TOP, VARIANCE, base_name, span
 
 __all__ = [
@@ -31,11 +33,13 @@ __all__ = [
     "correlation_text",
     "budget_text",
     "gain_text",
+    "holm_ratio_text",
     "sample_quality_text",
     "speed_span",
     "stability_sentence",
     "stability_text",
     "sweep_rows",
+    "variance_names",
     "variance_text",
 ]
 
@@ -47,6 +51,11 @@ SWEEPS = (
     ("toys", "benchmark"),
     ("real", "benchmark"),
 )  # chapter 7's sub-grids and the axis each sweeps
+# how a sweep reads in prose, its values (:func:`axis_values_text`) filled in
+SWEEP_WORDS = {
+    "compare": "gmm8 across {values}", "sigma": "gmm8 across {values}", "budget": "gmm8 at σ = 1 across {values}",
+    "gmm-d": "gmm-d at {values}", "toys": "2-D toys ({values})", "real": "real data ({values})",
+}
 
 
 class SweepRow(NamedTuple):
@@ -70,13 +79,30 @@ def cell_of(g: xr.Dataset, names: Sequence[str], idx: Sequence[Any]) -> str | No
         return None
 
 
+def axis_values_text(axis: str, values: Sequence[Any]) -> str:
+    """A sweep's values in words: "σ = 0, 0.1, 1", "300, 1,000 steps", "d = 8, 32 (3 instances
+    each)" for random instances ("dim=8, seed=0"), else the labels themselves."""
+    values = list(dict.fromkeys(values))
+    if axis == "sigma":
+        return "σ = " + ", ".join(f"{float(v):g}" for v in values)
+    if axis == "steps":
+        return ", ".join(f"{float(v):,.0f}" for v in values) + " steps"
+    if axis == "benchmark_options":
+        dims = [m.group(1) if (m := re.search(r"dim=(\d+)", str(v))) else None for v in values]
+        if all(dims):
+            per = pd.Series(dims).value_counts(sort=False).sort_index(key=lambda d: d.astype(int))
+            return "d = " + ", ".join(per.index) + (f" ({per.iloc[0]} instances each)" if per.nunique() == 1 else "")
+    return ", ".join(str(v) for v in values)
+
+
 def sweep_rows(
     grids: Mapping[str, xr.Dataset], axes: Mapping[str, str], names: Sequence[str] = VARIANCE, skip: Sequence[str] = ("compare",)
 ) -> tuple[list[str], list[SweepRow]]:
     """For each sub-grid of ``grids`` (in order) with its swept axis in ``axes`` among its cell
-    axes, not in ``skip``: the sentence "grid (axis): b better, w worse of n" of its whole
-    ``sweeps.sweep_table``, and the rows whose sampler (options dropped) is in ``names``, each
-    cell once (a row whose cell id is unknown is always kept)."""
+    axes, not in ``skip``: the sentence "words (values): b better, w worse of n" of its whole
+    ``sweeps.sweep_table`` (:data:`SWEEP_WORDS`, :func:`axis_values_text`; Holm over those n rows),
+    and the rows whose sampler (options dropped) is in ``names``, each cell once (a row whose cell
+    id is unknown is always kept)."""
     counts, rows, seen = [], [], set()
     for grid, g in grids.items():
         axis = axes.get(grid)
@@ -89,8 +115,19 @@ def sweep_rows(
                 seen.add(cid)
                 rows.append(SweepRow(grid, dict(zip(t.index.names, idx)), row, sweeps.holm_counts(t.loc[[idx]])))
         better, worse, n = sweeps.holm_counts(t)
-        counts.append(f"{grid} ({axis}): {better} better, {worse} worse of {n}")
+        words = SWEEP_WORDS.get(grid, grid + " ({values})").format(values=axis_values_text(axis, t.index.get_level_values(axis)))
+        counts.append(f"{words}: {better} better, {worse} worse of {n}")
     return counts, rows
+
+
+def variance_names(rows: Sequence[SweepRow], names: Sequence[str] = VARIANCE) -> str:
+    """The samplers of ``names`` with rows among ``rows`` (in the order of ``names``), and, in
+    brackets, those without any: "grad_norm, var_opt, oracle_qstar (var_opt_neyman ran in none
+    of these sweeps)"; "none" when no sampler has a row."""
+    have = {base_name(r.labels.get("sampler", "")) for r in rows}
+    counted = ", ".join(n for n in names if n in have) or "none"
+    absent = [n for n in names if n not in have]
+    return counted + (f" ({', '.join(absent)} ran in none of these sweeps)" if absent else "")
 
 
 def variance_text(rows: Sequence[SweepRow]) -> str:
@@ -111,6 +148,15 @@ def speed_span(estimates: Sequence[Any]) -> str:
     return more if known == "n/a" else f"{known}, and {more}"
 
 
+def resolved_text(estimates: Sequence[Any]) -> str:
+    """How many of some speed-ups' intervals lie above 1 (lower end > 1: faster than uniform
+    beyond the interval), "above 1 in k of n", with the :func:`span` of those medians where some
+    but not all are: e.g. "interval above 1 in 2 of 8 (medians 1.12–1.16)"."""
+    up = [e for e in estimates if np.isfinite(getattr(e, "lo", math.nan)) and e.lo > 1]
+    text = f"interval above 1 in {len(up)} of {len(estimates)}"
+    return text + (f" (medians {span(up)})" if 0 < len(up) < len(estimates) else "")
+
+
 def gain_text(
     rows: Sequence[SweepRow],
     grid: str,
@@ -122,9 +168,10 @@ def gain_text(
 ) -> str:
     """What the top samplers bought over the rows of sub-grid ``grid`` whose sampler is in
     ``names`` and, given ``axis``, with lo <= float(label[axis]) <= hi: "ratio a–b (better in k of
-    n, Holm), step speed-up c–d, FLOP speed-up e–f" (:func:`span` of the final ratios to uniform,
-    the rows' Holm verdicts from their tables, :func:`speed_span` of the median speed-ups per step
-    and per training FLOP); without ``speed`` the ratio and verdicts only; "n/a"."""
+    n, Holm); step speed-up c–d, interval above 1 in i of n; FLOP speed-up e–f, interval above 1
+    in j of n (medians ...)" (:func:`span` of the final ratios to uniform, the rows' Holm verdicts from
+    their tables, :func:`speed_span` of the median speed-ups per step and per training FLOP with
+    :func:`resolved_text` of their intervals); without ``speed`` the ratio and verdicts only; "n/a"."""
     if lo > hi:
         raise ValueError(f"lo={lo!r}, hi={hi!r} is not allowed: lo must be <= hi")
     sel = [
@@ -139,16 +186,41 @@ def gain_text(
     text = f"ratio {span([r.row['ratio'] for r in sel])} ({verdict})"
     if not speed:
         return text
-    text += f", step speed-up {speed_span([r.row['speedup_steps'] for r in sel])}"
+    steps = [r.row["speedup_steps"] for r in sel]
+    text += f"; step speed-up {speed_span(steps)}, {resolved_text(steps)}"
     if all("speedup_flops" in r.row for r in sel):
-        text += f", FLOP speed-up {speed_span([r.row['speedup_flops'] for r in sel])}"
+        flops = [r.row["speedup_flops"] for r in sel]
+        text += f"; FLOP speed-up {speed_span(flops)}, {resolved_text(flops)}"
     return text
+
+
+def holm_ratio_text(rows: Sequence[SweepRow], grid: str, axis: str, name: str, values: Sequence[float]) -> str:
+    """The rows of sub-grid ``grid`` for sampler ``name`` (exact label) at each of ``values`` of
+    ``axis``, as "σ = s: r (95% CI lo to hi; simultaneous L% CI a to b, p(Holm) = p)": the
+    Bonferroni-simultaneous interval and the Holm p of that sub-grid's whole table (chapter 7);
+    "n/a" where none is found."""
+    parts = []
+    for v in values:
+        hit = [r for r in rows if r.grid == grid and r.labels.get("sampler") == name and float(r.labels[axis]) == float(v)]
+        if not hit:
+            continue
+        row = hit[0].row
+        r, sim = row["ratio"], row.get("ratio_simultaneous")
+        inner = f"{100 * r.level:.3g}% CI {r.lo:.3g} to {r.hi:.3g}"
+        if isinstance(sim, Estimate):
+            inner += f"; simultaneous {100 * sim.level:.3g}% CI {sim.lo:.3g} to {sim.hi:.3g}"
+        if "p_holm" in row:
+            inner += f"; p(Holm) = {row['p_holm']:.2g}"
+        label = f"σ = {float(v):g}" if axis == "sigma" else f"{axis} = {v}"
+        parts.append(f"{label}: {r.value:.3g} ({inner})")
+    return "; ".join(parts) or "n/a"
 
 
 def budget_text(budget: xr.Dataset | None, names: Sequence[str] = TOP) -> str:
     """How the top samplers fare against uniform at each budget of the budget sweep (separate runs;
-    Holm over the sweep's table, :func:`fmstudy.sweeps.significant`): "300 steps: better in 0 of
-    2; 1,000 steps: better in 2 of 2; ..." (", worse in w" where some are); NOT_RUN without it."""
+    Holm over the sweep's whole table of m rows, :func:`fmstudy.sweeps.significant`): "300 steps:
+    better in 0 of 2; 1,000 steps: better in 2 of 2; ... (Holm over the sweep's m rows)" (", worse
+    in w" where some are); NOT_RUN without it."""
     if budget is None or "steps" not in budget.dims:
         return NOT_RUN
     table = sweeps.budget_table(budget)
@@ -159,7 +231,7 @@ def budget_text(budget: xr.Dataset | None, names: Sequence[str] = TOP) -> str:
         if len(s):
             worse = int((s > 0).sum())
             parts.append(f"{steps:,.0f} steps: better in {int((s < 0).sum())}" + (f", worse in {worse}" if worse else "") + f" of {len(s)}")
-    return "; ".join(parts) or NOT_RUN
+    return "; ".join(parts) + f" (Holm over the sweep's {len(sig)} rows)" if parts else NOT_RUN
 
 
 def sample_quality_text(real: pd.DataFrame, sampler: str = "var_opt") -> str:
@@ -181,20 +253,33 @@ def sample_quality_text(real: pd.DataFrame, sampler: str = "var_opt") -> str:
     return "; ".join(parts) or NOT_RUN
 
 
-def correlation_text(pvm: pd.DataFrame) -> str:
+def correlation_text(pvm: pd.DataFrame, leave_out: Sequence[str] = ("logit_normal",)) -> str:
     """The Pearson correlation (log scale) of predicted step speed-up and measured final ratio
     over the sampler-settings of ``pvm`` (``prediction.predicted_vs_measured``, computed once by
     the caller, who reads it for more than this) with its cluster-bootstrap interval
-    (``prediction.prediction_correlation``); "not measured in this profile" under 3 points."""
+    (``prediction.prediction_correlation``), and the same without the points of the samplers
+    ``leave_out`` (``prediction.without``: by default the reweighted logit-normal's cluster far
+    below the others); "not measured in this profile" under 3 points."""
     if len(pvm) < 3:
         return "not measured in this profile"
     pc = prediction.prediction_correlation(pvm, measured="ratio")
     c = pc["pearson"]
-    return (
+    text = (
         f"{c.value:.2f} [{c.lo:.2f}, {c.hi:.2f}] over {c.n} sampler-settings: Pearson on log scale, "
         f"{c.level:.0%} percentile bootstrap over the {pc['clusters']} settings (each resampled whole, with all its "
         "samplers); the points' own measurement errors are not propagated"
     )
+    rest = prediction.without(pvm, leave_out)
+    if len(rest) < len(pvm):
+        out = pvm[~pvm.index.isin(rest.index)]
+        who = ", ".join(dict.fromkeys(base_name(s) for s in out["sampler"]))
+        if len(rest) >= 3:
+            w = prediction.prediction_correlation(rest, measured="ratio")["pearson"]
+            text += (f"; without the {len(out)} points of {who} (predicted {span(out['predicted'])}), {w.value:.2f} [{w.lo:.2f}, {w.hi:.2f}] "
+                     f"over {w.n}")
+        else:
+            text += f"; without the {len(out)} points of {who}, too few points to correlate"
+    return text
 
 
 def _group_sentence(tab: pd.DataFrame, stable: pd.Series, lowest: float) -> str:

@@ -89,7 +89,8 @@ def test_loss_verdict_ours_and_signal():
     t = {0.0: table({"loss_second_moment": (E(1.56, p=0.02), True)}), 1.0: table({"loss_second_moment": (E(1.23, p=0.001), True)})}
     # Holm: 0.001 * 2 = 0.002, 0.02 * 1 -> max(0.002, 0.02) = 0.02: both worse
     assert cc.loss_verdict(t) == (
-        "better than uniform in 0 and worse in 2 of 2 (sampler, σ) comparisons (family-wise 5%, Holm), final ratio to uniform 1.23–1.56"
+        "better than uniform in 0 and worse in 2 of 2 (sampler, σ) comparisons (family-wise 5%, Holm over these 2 rows), "
+        "final ratio to uniform 1.23–1.56"
     )
     assert cc.loss_verdict(compare()) == "not run in this profile"
     assert cc.named_ratio_text(compare()) == "σ = 0: 0.85 (95% CI 0.7 to 0.99, 10 seeds); σ = 1: 0.9 (95% CI 0.8 to 1, 10 seeds)"
@@ -117,7 +118,8 @@ def test_weighting_against_the_best_unbiased_allocation():
     )
     direct = Estimate(0.83, 0.78, 0.88, 10, p=0.0004)
     assert cc.weighting_vs_text(wt, alloc, direct).endswith(
-        "at 0.9; paired by seed, uncertainty weighting / mode = 0.83 (95% CI 0.78 to 0.88, 10 seeds), p = 0.0004")
+        "at 0.9; paired by seed, uncertainty weighting / mode = 0.83 (95% CI 0.78 to 0.88, 10 seeds), p = 0.0004 (exploratory: mode "
+        "was picked as the best allocation after the results were seen, and neither the interval nor p allows for that choice)")
     assert cc.best_allocation(alloc) == "mode" and cc.best_allocation(None) is None
     alloc = alloc.drop(index="mode")
     assert cc.weighting_vs_text(wt, alloc).endswith("the best allocation, var_opt, at 0.9")
@@ -206,28 +208,32 @@ def test_vs_uniform_pairs_a_sigma_one_subgrid_with_compares_uniform(tmp_path, mo
     assert cc.head_to_head(ds, sub, "weighting", "uncertainty", "nope") is None
 
 
-def row(ratio: float, speed: float) -> pd.Series:
-    return pd.Series({"ratio": E(ratio), "speedup_steps": E(speed)})
+def row(ratio: float, speed: float, lo: float = math.nan) -> pd.Series:
+    return pd.Series({"ratio": E(ratio), "speedup_steps": E(speed, lo, 9.0)})
 
 
 def test_gain_over_the_top_samplers_of_a_setting():
     rows = [
-        cs.SweepRow("sigma", {"sigma": 0.0, "sampler": "var_opt"}, row(0.92, 1.12), (1, 0, 1)),
-        cs.SweepRow("sigma", {"sigma": 1.0, "sampler": "oracle_qstar(k=8)"}, row(0.87, 1.28), (1, 0, 1)),
+        cs.SweepRow("sigma", {"sigma": 0.0, "sampler": "var_opt"}, row(0.92, 1.12, 0.0), (1, 0, 1)),
+        cs.SweepRow("sigma", {"sigma": 1.0, "sampler": "oracle_qstar(k=8)"}, row(0.87, 1.28, 1.05), (1, 0, 1)),
         cs.SweepRow("sigma", {"sigma": 1.0, "sampler": "grad_norm"}, row(0.5, 3.0), (1, 0, 1)),  # not of TOP
-        cs.SweepRow("sigma", {"sigma": 2.0, "sampler": "var_opt"}, row(0.6, 1.5), (1, 0, 1)),
+        cs.SweepRow("sigma", {"sigma": 2.0, "sampler": "var_opt"}, row(0.6, 1.5, 1.2), (1, 0, 1)),
         cs.SweepRow("real", {"benchmark": "digits", "sampler": "var_opt"}, row(1.0, math.nan), (0, 0, 1)),
     ]
-    assert cs.gain_text(rows, "sigma", "sigma", hi=1) == "ratio 0.87–0.92 (better in 2 of 2, Holm), step speed-up 1.12–1.28"
-    assert cs.gain_text(rows, "sigma", "sigma", lo=2, hi=2) == "ratio 0.60 (better in 1 of 1, Holm), step speed-up 1.50"
+    # of the two speed-ups at sigma <= 1, one interval lies above 1 (oracle_qstar's, from 1.05), the other starts at 0
+    assert cs.gain_text(rows, "sigma", "sigma", hi=1) == (
+        "ratio 0.87–0.92 (better in 2 of 2, Holm); step speed-up 1.12–1.28, interval above 1 in 1 of 2 (medians 1.28)")
+    assert cs.gain_text(rows, "sigma", "sigma", lo=2, hi=2) == "ratio 0.60 (better in 1 of 1, Holm); step speed-up 1.50, interval above 1 in 1 of 1"
     assert cs.gain_text(rows, "real", speed=False) == "ratio 1.00 (better in 0 of 1, Holm)"
     # per training FLOP too where the rows have it; a censored median reads as its bound
     censored = E(math.nan, below=1.02)
     flops = [cs.SweepRow("budget", {"steps": 3000, "sampler": s}, pd.Series({"ratio": E(r), "speedup_steps": sp, "speedup_flops": fl}), c)
              for s, r, sp, fl, c in (("var_opt", 0.99, E(1.11), E(1.05), (0, 0, 1)), ("oracle_qstar", 1.08, censored, censored, (0, 1, 1)))]
     assert cs.gain_text(flops, "budget", "steps", lo=3000, hi=3000) == (
-        "ratio 0.99–1.08 (better in 0, worse in 1 of 2, Holm), step speed-up 1.11, and < 1.02 (1 censored median), "
-        "FLOP speed-up 1.05, and < 1.02 (1 censored median)")
+        "ratio 0.99–1.08 (better in 0, worse in 1 of 2, Holm); step speed-up 1.11, and < 1.02 (1 censored median), interval above 1 in "
+        "0 of 2; FLOP speed-up 1.05, and < 1.02 (1 censored median), interval above 1 in 0 of 2")
+    assert cs.resolved_text([E(1.2, 1.1, 1.3), E(1.1, 0.9, 1.2), E(1.3, 1.2, 1.4)]) == "interval above 1 in 2 of 3 (medians 1.20–1.30)"
+    assert cs.resolved_text([E(1.2, 1.0, 1.3)]) == "interval above 1 in 0 of 1"  # a lower end at 1 is not above it
     assert cs.speed_span([censored, E(math.nan, below=0.9)]) == "< 1.02 (2 censored medians)" and cs.speed_span([E(math.nan)]) == "n/a"
     assert cs.gain_text(rows, "budget", "steps", lo=300, hi=300) == "n/a"
     assert cs.variance_text(rows) == "4 better and 0 worse than uniform of 5 distinct cells"
@@ -247,15 +253,17 @@ def test_sweep_rows_count_each_cell_once():
     assert cs.cell_of(sigma, ["sigma", "sampler"], (1.0, "var_opt")) == "1.0|var_opt"
     assert cs.cell_of(sigma, ["sigma", "sampler"], (1.0, "nope")) is None
     # var_opt better and grad_norm neither at both budgets (worked out below); oracle_qstar not run
-    assert cs.budget_text(budget, ("var_opt", "grad_norm", "oracle_qstar")) == "300 steps: better in 1 of 2; 1,000 steps: better in 1 of 2"
-    assert cs.budget_text(budget, ("stratified",)) == "300 steps: better in 0, worse in 1 of 1; 1,000 steps: better in 0, worse in 1 of 1"
+    assert cs.budget_text(budget, ("var_opt", "grad_norm", "oracle_qstar")) == (
+        "300 steps: better in 1 of 2; 1,000 steps: better in 1 of 2 (Holm over the sweep's 6 rows)")
+    assert cs.budget_text(budget, ("stratified",)) == (
+        "300 steps: better in 0, worse in 1 of 1; 1,000 steps: better in 0, worse in 1 of 1 (Holm over the sweep's 6 rows)")
     assert cs.budget_text(None) == "not run in this profile" and cs.budget_text(sigma) == "not run in this profile"
     grids = {"compare": sigma, "sigma": sigma, "budget": budget, "toys": sigma}
     counts, rows = cs.sweep_rows(grids, {"compare": "sigma", "sigma": "sigma", "budget": "steps", "toys": "benchmark"})
     # var_opt: ratio 0.4 / 0.6 (better), stratified 0.8 / 0.6 (worse), grad_norm's log-ratios +-0.067 around 0 (neither)
     g = np.log((1 - 0.4 * SWEEP_R["grad_norm"]) / 0.6)
     assert stats.ttest_1samp(g, 0).pvalue > 0.5
-    assert counts == ["sigma (sigma): 2 better, 2 worse of 6", "budget (steps): 2 better, 2 worse of 6"]
+    assert counts == ["gmm8 across σ = 0, 1: 2 better, 2 worse of 6", "gmm8 at σ = 1 across 300, 1,000 steps: 2 better, 2 worse of 6"]
     # sigma: var_opt and grad_norm at two sigmas; budget: the same minus var_opt at 1,000 steps (already counted)
     assert sorted((r.grid, r.labels[r.grid if r.grid == "sigma" else "steps"], r.labels["sampler"]) for r in rows) == [
         ("budget", 300, "grad_norm"),
@@ -267,6 +275,16 @@ def test_sweep_rows_count_each_cell_once():
         ("sigma", 1.0, "var_opt"),
     ]
     assert cs.variance_text(rows) == "3 better and 0 worse than uniform of 7 distinct cells"
+    assert cs.variance_names(rows) == "grad_norm, var_opt (var_opt_neyman, oracle_qstar ran in none of these sweeps)"
+    assert cs.variance_names(rows, ("var_opt",)) == "var_opt" and cs.variance_names([], ("var_opt",)).startswith("none (var_opt ran")
+    # var_opt at sigma = 1 as the sigma table has it: its interval, the table's simultaneous interval (6 rows) and Holm p
+    r = next(r for r in rows if r.grid == "sigma" and r.labels == {"sigma": 1.0, "sampler": "var_opt"}).row
+    sim = r["ratio_simultaneous"]
+    assert sim.level == pytest.approx(1 - 0.05 / 6)
+    assert cs.holm_ratio_text(rows, "sigma", "sigma", "var_opt", [1.0, 5.0]) == (
+        f"σ = 1: {r['ratio'].value:.3g} (95% CI {r['ratio'].lo:.3g} to {r['ratio'].hi:.3g}; simultaneous {100 * sim.level:.3g}% CI "
+        f"{sim.lo:.3g} to {sim.hi:.3g}; p(Holm) = {r['p_holm']:.2g})")
+    assert cs.holm_ratio_text(rows, "sigma", "sigma", "nope", [1.0]) == "n/a"
 
 
 def test_correlation_sentence():
