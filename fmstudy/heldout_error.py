@@ -35,7 +35,7 @@ import xarray as xr
 
 from .analysis import Estimate, paired_ratio
 
-__all__ = ["comparison_bound", "distortion", "distortion_bound", "distortion_table", "unresolved"]
+__all__ = ["comparison_bound", "distortion", "distortion_bound", "distortion_table", "unresolved", "unresolved_verdicts"]
 
 
 def distortion(run: xr.Dataset, base: xr.Dataset, heldout: str = "heldout_objective_ema", exact: str = "integrated_excess_ema",
@@ -104,3 +104,23 @@ def unresolved(ratio: Estimate, bound: float) -> bool:
     if not (isinstance(ratio, Estimate) and np.isfinite(ratio.value) and ratio.value > 0 and np.isfinite(bound)):
         return False
     return abs(math.log(ratio.value)) < math.log(bound)
+
+
+def unresolved_verdicts(tables: dict[str, pd.DataFrame], bound: float, alpha: float = 0.05,
+                        metric: str = "heldout_objective_ema") -> tuple[list[str], int]:
+    """Of the rows of ``tables`` (chapter 7's, indexed by (benchmark, sampler), with ``ratio``,
+    ``p_holm`` and ``metric`` columns) that read the held-out ``metric`` and are significant
+    (``p_holm <= alpha``), those closer to 1 than ``bound`` (:func:`unresolved`), as
+    "sampler on benchmark (ratio r)", and the number of such significant rows."""
+    out, n = [], 0
+    for t in tables.values():
+        if not len(t) or "metric" not in t:
+            continue
+        for key, row in t.iterrows():
+            if row["metric"] != metric or not row["p_holm"] <= alpha:
+                continue
+            n += 1
+            if unresolved(row["ratio"], bound):
+                bench, sampler = key if isinstance(key, tuple) else ("", key)
+                out.append(f"{sampler} on {bench} (ratio {row['ratio'].value:.4g})")
+    return out, n

@@ -85,3 +85,16 @@ def test_the_comparison_bound_runs_over_its_sigmas():
     ds = xr.concat(parts, dim="sigma").assign_coords(sigma=[0.0, 1.0])
     assert comparison_bound(ds) == pytest.approx(1 / 0.99)
     assert comparison_bound(ds.sel(sigma=0.0)) == pytest.approx(1.002) and math.isnan(comparison_bound(None))
+
+
+def test_unresolved_verdicts_are_the_significant_held_out_rows_within_the_bound():
+    from fmstudy.heldout_error import unresolved_verdicts
+
+    idx = pd.MultiIndex.from_tuples([("digits", "var_opt"), ("mnist1d", "var_opt"), ("mnist1d", "ln"), ("gmm", "var_opt")],
+                                    names=["benchmark", "sampler"])
+    t = pd.DataFrame({"ratio": [Estimate(0.984, 0.98, 0.986, 10), Estimate(0.9968, 0.995, 0.998, 10), Estimate(1.002, 0.99, 1.01, 10),
+                                Estimate(0.999, 0.998, 0.9995, 10)],
+                      "p_holm": [1e-7, 6e-4, 0.6, 1e-3],
+                      "metric": ["heldout_objective_ema"] * 3 + ["integrated_excess_ema"]}, index=idx)
+    # digits: |log .984| > log 1.0076 -> resolved; mnist1d var_opt: within; ln: not significant; gmm: another metric
+    assert unresolved_verdicts({"real": t}, 1.0076) == (["var_opt on mnist1d (ratio 0.9968)"], 2)
