@@ -120,8 +120,8 @@ def grid_throughput_text(gt: dict[str, Any] | None, profile: str) -> str:
         return (
             f"This profile has no such measurement (`results/{profile}/grid_throughput.json` is absent), so "
             "this book claims nothing about what packing gains in wall-clock time. `python benchmarks/grid_throughput.py "
-            f"--json results/{profile}/grid_throughput.json` makes one (on an idle machine; about 45 minutes for 3 rounds "
-            "on the 2-core CPU, an estimate)."
+            f"--json results/{profile}/grid_throughput.json` makes one (on an idle machine; one round, both ways, took about "
+            "40 minutes on the 2-core CPU, so 3 rounds take about 2 hours)."
         )
     tab, (ratio, lo, hi) = report.grid_throughput_table(gt)
     return (
