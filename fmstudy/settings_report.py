@@ -1,17 +1,11 @@
 """Chapter 7's tables and numbers across settings: the comparison against uniform on the other
-benchmarks, the central figure's predicted-against-measured summary and the sample quality on
-real data. The learning-rate check is in :mod:`fmstudy.settings_tuning`.
+benchmarks and in the sweeps, the budget sweep's setup and seed spread, and what ran. The
+predicted-against-measured tables are in :mod:`fmstudy.settings_predicted`, the sample quality on
+real data in :mod:`fmstudy.settings_quality` (both re-exported here); the learning-rate check is in
+:mod:`fmstudy.settings_tuning`.
 
 A comparison's ``ratio`` is the geometric mean over seeds of the sampler's final metric over
-uniform's (A.2); the figure's final gain is its inverse, 1 / ratio (larger is better). The
-calibration of the prediction is, per point with an identified measured median,
-
-    c = S_measured / S(r)          (S(r) the predicted step speed-up, 4.6)
-
-summarised by its median and range. On real data each seed's sample quality is a distance; the
-table gives its median over seeds (A.7's order-statistic interval, no censoring) and, paired by
-seed, the k of n seeds whose Fréchet distance is below uniform's with the two-sided sign test
-p = P(|Bin(n, 1/2) - n/2| >= |k - n/2|).
+uniform's (A.2).
 """
 
 from __future__ import annotations
@@ -19,17 +13,22 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import stats
 
-from . import analysis, conclusions, lr_tuning, prediction, report, sweeps, tables
+from . import analysis, conclusions, lr_tuning, report, sweeps, tables
 from .analysis import Estimate
 from .baseline_page import level_text
 from .conclusions_sweeps import SWEEPS
+from .settings_predicted import PVM_COLUMNS, calibration_text, prediction_summary, pvm_parts, pvm_table, with_final_gain
+from .settings_predicted import PVM_NAMES as PVM_NAMES
+from .settings_predicted import SETTING_WORDS as SETTING_WORDS
+from .settings_predicted import SETTINGS as SETTINGS
+from .settings_predicted import SUMMARY as SUMMARY
+from .settings_predicted import WITHOUT as WITHOUT
+from .settings_quality import fd_text, outlier_seed, outlier_text, quadrature_design, quadrature_text, sample_quality, sample_quality_shown
 from .train import TrainConfig
 
 __all__ = [
@@ -42,11 +41,6 @@ SHOW = ["ratio", "p_holm", "ratio_simultaneous", "effect", "n", "speedup_steps",
 OTHERS = ("gmm-d", "toys", "real")  # the sub-grids of "Other benchmarks", each swept over its axis in SWEEPS
 # the benchmarks of the registry (``data.benchmark_names``) each of those sub-grids is meant to cover
 KINDS = {"gmm-d": ("gmm-d",), "toys": ("moons", "checkerboard", "spirals"), "real": ("digits", "mnist1d")}
-PVM_COLUMNS = ["dataset", "benchmark", "benchmark_options", "sigma", "steps", "sampler", "gain", "ceiling", "B_noise / B", "predicted",
-               "predicted_R", "speedup_steps", "ratio", "n"]
-PVM_NAMES = {"gain": "r (gain)", "ceiling": "R (ceiling)", "predicted": "S(r) predicted", "predicted_R": "S(R) predicted"}  # on the page
-SETTINGS = ("benchmark", "benchmark_options", "sigma", "steps")  # what a point's setting is
-SETTING_WORDS = {"benchmark": "benchmark", "benchmark_options": "instance", "sigma": "σ", "steps": "steps"}
 
 
 def shown(table: pd.DataFrame) -> pd.DataFrame:
@@ -122,309 +116,6 @@ def holm_total(tables_by_name: Mapping[str, pd.DataFrame]) -> tuple[int, int, in
     applied within each table, not over their union; (0, 0, 0) for none."""
     counts = [sweeps.holm_counts(t) for t in tables_by_name.values()]
     return sum(c[0] for c in counts), sum(c[1] for c in counts), sum(c[2] for c in counts)
-
-
-def with_final_gain(pvm: pd.DataFrame) -> pd.DataFrame:
-    """``prediction.predicted_vs_measured``'s table with ``final gain``, 1 / ratio as an Estimate
-    (its interval [1 / hi, 1 / lo]); an empty table unchanged."""
-    if not len(pvm):
-        return pvm
-
-    def inv(e: Estimate) -> Estimate:  # the final ratio as a gain: larger is better, the interval's ends swap
-        return Estimate(1 / e.value, 1 / e.hi, 1 / e.lo, e.n, e.level)
-
-    return pvm.assign(**{"final gain": pvm["ratio"].map(inv)})
-
-
-def calibration_text(pvm: pd.DataFrame) -> str:
-    """The median of c = S_measured / S(r) over the points where the measured median step speed-up
-    is identified, "m (range lo to hi, k points)" to 2 decimals; "n/a" without any."""
-    c = pvm["speedup_steps"].map(lambda e: e.value).to_numpy(float) / pvm["predicted"].to_numpy(float)
-    c = c[np.isfinite(c)]
-    return f"{np.median(c):.2f} (range {c.min():.2f} to {c.max():.2f}, {c.size} points)" if c.size else "n/a"
-
-
-SUMMARY = ("pts", "sp_pts", "clusters", "sp_clusters", "or_pearson", "or_pts", "calib", "calib_out", "calib_out_below", "sp_pearson",
-           "ra_pearson", "ra_spearman", "wo_pearson", "wo_pts", "wo_out", "pred_max", "ceiling_max")
-WITHOUT = ("logit_normal",)  # the cluster of points far below the others (its predicted S(r) 0.14-0.83 in the paper profile)
-
-
-def prediction_summary(pvm: pd.DataFrame) -> dict[str, tuple[Any, str]]:
-    """The prose's numbers on the predicted-against-measured table, name -> (value, format for
-    ``report.glue_number``): ``pts`` the points; ``sp_pts``/``sp_clusters`` the points and settings
-    of the correlation with the measured step speed-up (identified medians only), ``sp_pearson`` it;
-    ``clusters``, ``ra_pearson``, ``ra_spearman`` those with the final gain
-    (``prediction.prediction_correlation``, P.1); ``or_pts``/``or_pearson`` the final-gain Pearson
-    on the oracle points (metric the integrated excess; "n/a" under 3); ``calib``
-    (:func:`calibration_text`), ``calib_out`` the points it leaves out (median not identified) and
-    ``calib_out_below`` how many of those are predicted below 1; ``wo_pearson``/``wo_pts``/``wo_out``
-    the final-gain Pearson without the samplers of :data:`WITHOUT` (``prediction.without``), its
-    points and the points left out ("n/a" under 3); ``pred_max``/``ceiling_max`` the largest S(r)
-    and S(R). Every value "n/a" for an empty table."""
-    if not len(pvm):
-        return {k: ("n/a", ".3g") for k in SUMMARY}
-    c_sp = prediction.prediction_correlation(pvm)
-    c_ra = prediction.prediction_correlation(pvm, measured="ratio")
-    oracle = pvm[pvm["metric"].astype(str).str.startswith("integrated_excess")]
-    c_or = prediction.prediction_correlation(oracle, measured="ratio") if len(oracle) >= 3 else None
-    rest = prediction.without(pvm, WITHOUT)
-    c_wo = prediction.prediction_correlation(rest, measured="ratio") if len(rest) >= 3 else None
-    hidden = ~pvm["speedup_steps"].map(lambda e: bool(np.isfinite(e.value))).to_numpy(bool)
-    return {
-        "pts": (len(pvm), "d"),
-        "sp_pts": (c_sp["points"], "d"),
-        "clusters": (c_ra["clusters"], "d"),
-        "sp_clusters": (c_sp["clusters"], "d"),
-        "or_pearson": (c_or["pearson"] if c_or else "n/a", ".2f"),
-        "or_pts": (len(oracle), "d"),
-        "calib": (calibration_text(pvm), ".3g"),
-        "calib_out": (int(hidden.sum()), "d"),
-        "calib_out_below": (int((pvm["predicted"].to_numpy(float)[hidden] < 1).sum()), "d"),
-        "sp_pearson": (c_sp["pearson"], ".2f"),
-        "ra_pearson": (c_ra["pearson"], ".2f"),
-        "ra_spearman": (c_ra["spearman"], ".2f"),
-        "wo_pearson": (c_wo["pearson"] if c_wo else "n/a", ".2f"),
-        "wo_pts": (len(rest), "d"),
-        "wo_out": (len(pvm) - len(rest), "d"),
-        "pred_max": (float(np.nanmax(pvm["predicted"])), "#.3g"),  # as the tables show them: 3 digits, trailing zeros kept
-        "ceiling_max": (float(np.nanmax(pvm["predicted_R"])), "#.3g"),
-    }
-
-
-def _setting_value(column: str, v: Any) -> str:
-    """A setting's label as text: sigma with ``g``, steps with thousands separators, blank for NaN."""
-    if isinstance(v, (float, np.floating)) and not np.isfinite(v):
-        return ""
-    if column == "steps":
-        return f"{float(v):,.0f}"
-    if column == "sigma":
-        return f"{float(v):g}"
-    return str(v)
-
-
-def pvm_table(pvm: pd.DataFrame, fmt: str = "#.3g") -> pd.DataFrame:
-    """The :data:`PVM_COLUMNS` of the predicted-against-measured table, indexed by (dataset, sampler),
-    as text, named for the page (:data:`PVM_NAMES`; the intervals with their level): every number to 3 significant figures with its trailing zeros (``fmt``, so that 1.10
-    reads 1.10, not 1.1), the settings as labels (:func:`_setting_value`), the Estimates with their
-    intervals (``tables.as_text``); and "above R's prediction": how each measured step speed-up
-    stands against the speed-up the ceiling R predicts (``account_report.above_ceiling``)."""
-    from .account_report import above_ceiling
-
-    t = pvm[[c for c in PVM_COLUMNS if c in pvm]]
-    if "predicted_R" in t and "speedup_steps" in t:
-        t = t.assign(**{"above R's prediction": above_ceiling(t, "predicted_R", "speedup_steps")})
-    settings = [c for c in SETTINGS if c in t]
-    levels = {c: level_text(t[c]) for c in ("speedup_steps", "ratio") if c in t and len(t) and isinstance(t[c].iloc[0], Estimate)}
-    t = t.assign(**{c: [_setting_value(c, v) for v in t[c]] for c in settings})
-    # renamed first: as_text reads a column whose name starts with "p" as p-values (2 digits)
-    t = t.rename(columns={**PVM_NAMES, **{c: f"{c} [{lv} CI]" for c, lv in levels.items()}})
-    return tables.as_text(t.set_index(["dataset", "sampler"]), fmt)
-
-
-def pvm_parts(pvm: pd.DataFrame, fmt: str = "#.3g") -> list[tuple[str, pd.DataFrame]]:
-    """:func:`pvm_table` split by dataset (sub-grid), in the order first met, each small enough for
-    a page to show whole: (title, table indexed by the settings that vary within the sub-grid and
-    the sampler). The settings the sub-grid holds fixed leave the table and are named in the
-    title, e.g. "budget (gmm8, σ = 1)"."""
-    if not len(pvm):
-        return []
-    whole = pvm_table(pvm, fmt).reset_index()
-    parts = []
-    for name in dict.fromkeys(pvm["dataset"]):
-        t = whole[whole["dataset"] == name].drop(columns="dataset")
-        settings = [c for c in SETTINGS if c in t]
-        fixed = [c for c in settings if t[c].nunique() == 1]
-        varying = [c for c in settings if c not in fixed]
-        words = [f"{SETTING_WORDS[c]} = {t[c].iloc[0]}" if c == "sigma" else (f"{t[c].iloc[0]} steps" if c == "steps" else t[c].iloc[0])
-                 for c in fixed if t[c].iloc[0]]
-        title = f"{name}" + (f" ({', '.join(words)})" if words else "")
-        t = t.drop(columns=fixed).set_index([*varying, "sampler"]).rename_axis(index=[SETTING_WORDS[c] for c in varying] + ["sampler"])
-        parts.append((title, t))
-    return parts
-
-
-def _median(v: np.ndarray) -> Estimate:
-    """The median over seeds with its order-statistic interval, no seed censored."""
-    return analysis.median_censored(v, np.zeros(np.size(v), bool))
-
-
-def _at(ds: xr.Dataset, bench: str) -> xr.Dataset:
-    """``ds`` at benchmark ``bench`` (where that is an axis) and at its last sigma (where that is one)."""
-    s = ds.sel(benchmark=bench) if "benchmark" in ds.dims else ds
-    return s.isel(sigma=-1) if "sigma" in s.dims else s
-
-
-def sample_quality(ds: xr.Dataset | None) -> tuple[pd.DataFrame, tuple | None]:
-    """One row per (benchmark, sampler) that ran in the real-data grid ``ds`` (at its last sigma):
-    the held-out objective's ratio to uniform (A.2, paired by seed), the Fréchet distance's median
-    with its interval "lo to hi", the "k of n" seeds below uniform's and the sign test's p (NaN for
-    uniform), its floor, the sliced W2's median and floor. Also the worst single seed,
-    (distance, benchmark, sampler, that sampler's median), by the largest distance; None (and an
-    empty table) without the grid."""
-    if ds is None:
-        return pd.DataFrame(), None
-    benches = [str(b) for b in ds.benchmark.values] if "benchmark" in ds.dims else [lr_tuning.cell_param(ds, {}, "benchmark")]
-    rows, worst = [], []
-    for bench in benches:
-        s = _at(ds, bench)
-        base = s.sel(sampler="uniform")
-        base_obj = report.final(base, "heldout_objective_ema").values
-        for name in s.sampler.values:
-            t = s.sel(sampler=name)
-            if not str(t.cell_id.values):
-                continue
-            fd, sw = _median(t.sample_frechet.values), _median(t.sample_sw.values)
-            worst.append((float(np.nanmax(t.sample_frechet.values)), bench, name, fd.value))
-            k = int((t.sample_frechet.values < base.sample_frechet.values).sum())
-            rows.append({"benchmark": bench, "sampler": name,
-                         "held-out objective ratio to uniform": analysis.paired_ratio(report.final(t, "heldout_objective_ema").values, base_obj).value,
-                         "Fréchet distance (median)": fd.value, "CI": f"{fd.lo:.3g} to {fd.hi:.3g}",
-                         "seeds below uniform's": "" if name == "uniform" else f"{k} of {fd.n}",
-                         "sign test p": np.nan if name == "uniform" else stats.binomtest(k, fd.n).pvalue,
-                         "floor": float(t.floor_frechet), "sliced W2 (median)": sw.value, "sliced W2 floor": float(t.floor_sw)})
-    return pd.DataFrame(rows), (max(worst) if worst else None)
-
-
-def sample_quality_shown(real: pd.DataFrame) -> pd.DataFrame:
-    """:func:`sample_quality`'s table for the page, indexed by (benchmark, sampler): uniform's
-    comparisons with itself (objective ratio, seeds below, sign test) read "—"; the sign test's p
-    to 2 significant digits, the other numbers to 4; an empty table unchanged."""
-    if not len(real):
-        return real
-    own = real["sampler"] == "uniform"
-    out = real.set_index(["benchmark", "sampler"]).round(4).astype(object)
-    cols = ["held-out objective ratio to uniform", "seeds below uniform's", "sign test p"]
-    out["sign test p"] = [f"{p:.2g}" for p in real["sign test p"]]
-    out.loc[own.to_numpy(), cols] = "—"
-    return out
-
-
-def fd_text(real: pd.DataFrame, worst: tuple | None) -> str:
-    """The sentence under the sample-quality table: the first benchmark's uniform median Fréchet
-    distance against its floor and the worst single seed (:func:`sample_quality`)."""
-    if not len(real):
-        return "No real-data runs in this profile."
-    u = real[(real.sampler == "uniform")].iloc[0]
-    return (f"On {u.benchmark} the uniform schedule's samples sit at a median classifier Fréchet distance of "
-            f"{u['Fréchet distance (median)']:.3g} against a floor of {u['floor']:.3g}; the largest single-seed distance is "
-            f"{worst[0]:.3g} ({worst[2]} on {worst[1]}, whose median is {worst[3]:.3g}), which is why medians are shown. Differences "
-            "between schedules are to be read against the gap to the floor and the seeds' intervals.")
-
-
-def quadrature_design(benchmark: str = "gmm8", sigma: float = 1.0, t_eps: float = 1e-3) -> tuple[int, int]:
-    """(Gauss-Legendre nodes, draws of x_t per node) of the fixed quadrature on which every run's
-    checkpoint meter measures the integrated excess, read off the meter itself
-    (``meter.CheckpointMeter`` built for ``benchmark``, as a run builds it): one set of points per
-    benchmark instance (seeded by the benchmark's seed), shared by every run on it."""
-    import torch
-
-    from .data import get_benchmark
-    from .meter import CheckpointMeter
-    from .paths import BrownianBridge
-
-    bench = get_benchmark(benchmark)
-    path = BrownianBridge(sigma, t_eps)
-    oracle = bench.oracle(path) if bench.mixture is not None else None  # as a run builds it
-    quad = CheckpointMeter(bench, path, None, oracle, torch.device("cpu"))._quadrature
-    if quad is None:
-        raise ValueError(f"benchmark={benchmark!r} is not allowed: it has no oracle, so no quadrature")
-    return int(quad.n_nodes), int(quad.x.shape[0]) // int(quad.n_nodes)
-
-
-def quadrature_text(nodes: int, draws: int) -> str:
-    """What the integrated excess is computed on, and what that removes and does not, in words."""
-    return (f"a fixed {nodes}-node Gauss-Legendre quadrature over t with {draws} draws of x_t per node ({nodes * draws:,} points, "
-            "the exact v* there): no target noise, and the same points for every run on a benchmark, so its own error (one set of "
-            "points, never replicated) is common to the runs compared and is not in the seed intervals")
-
-
-def outlier_seed(ds: xr.Dataset | None, worst: tuple | None, others: Sequence[str] = ("var_opt",)) -> dict[str, Any] | None:
-    """What the records show of :func:`sample_quality`'s worst single seed (``worst``: distance,
-    benchmark, sampler, median) in the real-data grid ``ds`` (at its last sigma): its ``member``,
-    ``frechet`` and the sampler's median ``frechet_median``; its sliced W2 and MMD (``sw``,
-    ``mmd``) and final held-out objective (``heldout``), each with the sampler's median over seeds
-    (``*_median``) and the range of its other seeds (``*_others``); ``diverged`` (whether it diverged);
-    ``ratio_at`` / ``ratio_all``: for each of ``others`` that ran, its held-out ratio to the
-    sampler at that seed and its geometric mean over all seeds (paired, A.2); ``high``, every
-    (sampler, seed, distance) of that benchmark above twice its sampler's median Fréchet distance;
-    and the ODE the samples were drawn with (``ode``). None without the grid or a worst seed."""
-    if ds is None or worst is None:
-        return None
-    _, bench, name, _ = worst
-    s = _at(ds, bench)
-    t = s.sel(sampler=name)
-    fd = np.asarray(t.sample_frechet.values, dtype=float)
-    i = int(np.nanargmax(fd))
-    heldout = report.final(t, "heldout_objective_ema").values
-    out: dict[str, Any] = {"benchmark": bench, "sampler": name, "member": int(t.member.values[i]), "frechet": float(fd[i]),
-                           "frechet_median": float(np.nanmedian(fd)),
-                           "diverged": bool(np.asarray(t.diverged_step.values)[i] >= 0) if "diverged_step" in t else False}
-    rest = np.arange(fd.size) != i
-    for key, var in (("sw", "sample_sw"), ("mmd", "sample_mmd"), ("heldout", None)):
-        if var is not None and var not in t:
-            continue
-        v = heldout.astype(float) if var is None else np.asarray(t[var].values, dtype=float)
-        out[key], out[key + "_median"] = float(v[i]), float(np.nanmedian(v))
-        out[key + "_others"] = (float(np.nanmin(v[rest])), float(np.nanmax(v[rest])))
-    out["ratio_at"], out["ratio_all"] = {}, {}
-    for other in others:
-        if other in s.sampler.values and str(s.sel(sampler=other).cell_id.values) and other != name:
-            h = report.final(s.sel(sampler=other), "heldout_objective_ema").values
-            out["ratio_at"][other] = float(h[i] / heldout[i])
-            out["ratio_all"][other] = analysis.paired_ratio(h, heldout).value
-    high = []
-    for other in s.sampler.values:
-        c = s.sel(sampler=other)
-        if not str(c.cell_id.values):
-            continue
-        v = np.asarray(c.sample_frechet.values, dtype=float)
-        med = float(np.nanmedian(v))
-        high += [(str(other), int(c.member.values[j]), float(v[j])) for j in np.flatnonzero(v > 2 * med)]
-    out["high"] = sorted(high, key=lambda h: -h[2])
-    try:
-        out["ode"] = f"{lr_tuning.cell_param(ds, {}, 'ode_method')}, {int(lr_tuning.cell_param(ds, {}, 'ode_steps'))} steps"
-    except KeyError:
-        out["ode"] = "n/a"
-    return out
-
-
-def outlier_text(o: dict[str, Any] | None) -> str:
-    """The sentences on :func:`outlier_seed`'s seed (none to tell where it lies within twice its
-    sampler's median Fréchet distance): whether its training failed (it diverged, or
-    its held-out objective or MMD is above every other seed's) or only its samples; the other
-    seeds far above their median; and whether it moves the paired held-out ratios."""
-    if o is None:
-        return ""
-
-    def not_above(key: str) -> bool:  # no worse than its worst other seed
-        return o[key] <= o[key + "_others"][1]
-
-    def where(key: str, fmt: str) -> str:
-        lo, hi = o[key + "_others"]
-        return f"{o[key]:{fmt}} (its other seeds {lo:{fmt}} to {hi:{fmt}})"
-
-    if o["frechet"] <= 2 * o["frechet_median"]:
-        return (f"The seed with the largest distance ({o['frechet']:.3g}, seed {o['member']} of {o['sampler']} on {o['benchmark']}) "
-                f"lies within twice its sampler's median ({o['frechet_median']:.3g}): no seed stands out.")
-    text = f"The seed with the largest distance ({o['frechet']:.3g}) is seed {o['member']} of {o['sampler']} on {o['benchmark']}. "
-    text += ("That run diverged. " if o["diverged"] else "That run did not diverge; ")
-    text += f"its final held-out objective is {where('heldout', '.4g')}"
-    if "mmd" in o:
-        text += f" and its MMD {where('mmd', '.3g')}"
-    if "sw" in o:
-        text += f", while its sliced W2 is {o['sw']:.3g} (the sampler's median over seeds {o['sw_median']:.3g})"
-    text += ". "
-    if not o["diverged"] and not_above("heldout") and ("mmd" not in o or not_above("mmd")):
-        text += (f"So it is a failure of that seed's samples, drawn by the ODE solver ({o['ode']}), not of its training, consistent with a "
-                 "few samples carried far off, since the Fréchet and sliced distances grow without bound with them and MMD's "
-                 "bounded kernel barely moves. ")
-    if len(o["high"]) > 1:
-        text += ("Seeds above twice their sampler's median Fréchet distance on this benchmark: "
-                 + "; ".join(f"{n} seed {m} ({v:.3g})" for n, m, v in o["high"]) + ". ")
-    for other, r in o["ratio_at"].items():
-        text += (f"The held-out ratios pair seeds: {other}'s at seed {o['member']} is {r:.3g}, against {o['ratio_all'][other]:.3g} "
-                 "over all seeds, so that seed does not move them; the medians keep it from moving the sample-quality columns. ")
-    return text.strip()
 
 
 def budget_spread(ds: xr.Dataset, baseline: str = "uniform") -> pd.DataFrame:
