@@ -236,8 +236,8 @@ def q_comparison() -> ar.Comparison:
 def test_figures_have_one_panel_per_sigma_or_sampler():
     fig = ar.curves_figure(ar.comparison(compare_grid()))
     assert [ax.get_title() for ax in fig.axes] == [
-        "σ = 0: mean over seeds, 95% bootstrap band",
-        "σ = 1: mean over seeds, 95% bootstrap band",
+        "σ = 0: mean over seeds, 95% t band",
+        "σ = 1: mean over seeds, 95% t band",
     ]
     fig = ar.q_figure(q_comparison())
     assert [ax.get_title() for ax in fig.axes if ax.get_title()] == ["var_opt, σ = 1", "grad_norm, σ = 1"]  # the last sigma
