@@ -174,6 +174,40 @@ def tuning_error_text(tables: Mapping[float, pd.DataFrame], names: Iterable[str]
             + (f", and {len(sig) - len(known)} more without a cost factor" if len(sig) > len(known) else ""))
 
 
+def tuning_error_sentence(tables: Mapping[float, pd.DataFrame], names: Iterable[str], factors: Mapping[str, float]) -> str:
+    """:func:`tuning_error_text`, then what it means for the rows whose interval holds the factor:
+    ": that verdict is within what the rule alone can cost" (one row), ": those verdicts are ..."
+    (more), nothing more for none."""
+    text = tuning_error_text(tables, names, factors)
+    k = int(text.split(" ", 1)[0]) if text[:1].isdigit() else 0
+    if not k:
+        return text
+    return text + (": that verdict is" if k == 1 else ": those verdicts are") + " within what the rule alone can cost"
+
+
+def variant_name(label: Any, labels: Iterable[Any]) -> str:
+    """A sampler label without its options (:func:`base_name`), with "(reweighted)" or "(not
+    reweighted)" where ``labels`` hold more than one variant of it and its options say which."""
+    name = base_name(label)
+    if sum(base_name(other) == name for other in dict.fromkeys(map(str, labels))) < 2:
+        return name
+    if "reweight=True" in str(label):
+        return f"{name} (reweighted)"
+    return f"{name} (not reweighted)" if "reweight=False" in str(label) else str(label)
+
+
+def factors_text(factors: pd.Series, keep: Any = None) -> str:
+    """The cost factors (``settings_tuning.cost_factors``, of the labels in ``keep``, default all)
+    as "name f", 3 significant digits, largest first, joined by ", ", each name a
+    :func:`variant_name` among all of ``factors``' labels: e.g. "logit_normal (reweighted) 0.985"
+    where both logit-normal variants were tuned; "n/a" for none."""
+    shown = factors[factors.index.isin([str(k) for k in keep])] if keep is not None else factors
+    if not len(shown):
+        return "n/a"
+    f = shown.sort_values(ascending=False, kind="stable")
+    return ", ".join(f"{variant_name(i, factors.index)} {v:.3g}" for i, v in f.items())
+
+
 def signal_text(tables: Mapping[float, pd.DataFrame], names: Iterable[str] = SIGNAL) -> str:
     """Whether any of ``names`` (options dropped, biased or not) ran in the compare tables."""
     ran = sorted({base_name(i) for t in tables.values() for i in t.index} & set(names))

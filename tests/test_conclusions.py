@@ -397,3 +397,87 @@ def test_sample_quality_sentence_per_benchmark():
         "mnist1d: 60.6 against uniform's 61.2 (floor 45.7; 7 of 10 seeds below uniform's, sign test p = 0.34)")
     assert cs.sample_quality_text(real[real.sampler == "uniform"]) == "not run in this profile"
     assert cs.sample_quality_text(pd.DataFrame()) == "not run in this profile"
+
+
+def held_table() -> pd.DataFrame:
+    """A chapter-7-like sweep table over real data: (benchmark, sampler) with ratio, p_holm and metric."""
+    rows = [
+        ("mnist1d", "var_opt", E(0.9968, 0.995, 0.9986), 0.00058, "heldout_objective_ema"),  # |log| 0.0032 < log 1.0076: not resolved
+        ("digits", "var_opt", E(0.98, 0.97, 0.99), 0.01, "heldout_objective_ema"),  # |log| 0.020: resolved
+        ("mnist1d", "grad_norm", E(1.005, 0.99, 1.02), 0.5, "heldout_objective_ema"),  # not significant
+        ("digits", "logit_normal", E(1.003, 1.001, 1.005), 0.01, "integrated_excess_ema"),  # another metric
+    ]
+    return pd.DataFrame([{"benchmark": b, "sampler": s, "ratio": r, "p_holm": p, "metric": m, "unbiased": True} for b, s, r, p, m in rows]
+                        ).set_index(["benchmark", "sampler"])
+
+
+def test_unresolved_held_out_verdicts_are_named_in_the_counts():
+    assert cs.unresolved_labels(held_table(), 1.0076) == {("mnist1d", "var_opt"): "var_opt on mnist1d"}
+    assert cs.unresolved_labels(held_table(), 1.03) == {("mnist1d", "var_opt"): "var_opt on mnist1d", ("digits", "var_opt"): "var_opt on digits"}
+    assert cs.unresolved_labels(held_table(), math.nan) == {} and cs.unresolved_labels(pd.DataFrame(), 1.0076) == {}
+    assert cs.held_note([], 3, 1.0076) == ""
+    note = "within the held-out set's 0.76% distortion and so not resolved"
+    assert cs.held_note(["var_opt on mnist1d"], 20, 1.0076) == f" (1 of them, var_opt on mnist1d, {note})"
+    assert cs.held_note(["var_opt on mnist1d"], 1, 1.0076) == f" (var_opt on mnist1d, {note})"
+    assert cs.held_note(["a on x", "b on y"], 2, 1.0076) == f" (both of them, a on x and b on y, {note})"
+    assert cs.held_note(["a on x", "b on y"], 5, 1.0076) == f" (2 of them, a on x and b on y, {note})"
+    rows = [
+        cs.SweepRow("real", {"benchmark": "mnist1d", "sampler": "var_opt"}, pd.Series({"ratio": E(0.9968)}), (1, 0, 1), "var_opt on mnist1d"),
+        cs.SweepRow("real", {"benchmark": "digits", "sampler": "var_opt"}, pd.Series({"ratio": E(0.98)}), (1, 0, 1)),
+        cs.SweepRow("sigma", {"sigma": 1.0, "sampler": "var_opt"}, pd.Series({"ratio": E(1.1)}), (0, 1, 1)),
+    ]
+    assert cs.variance_text(rows, 1.0076) == f"2 better (1 of them, var_opt on mnist1d, {note}) and 1 worse than uniform of 3 distinct cells"
+    assert cs.variance_text(rows) == (
+        "2 better (1 of them, var_opt on mnist1d, within the held-out set's distortion and so not resolved) and 1 worse than uniform of 3 distinct cells")
+    assert cs.gain_text(rows, "real", speed=False, bound=1.0076) == (
+        f"ratio 0.98–1.00 (better in 2 of 2, Holm; of the better, var_opt on mnist1d is {note})")
+
+
+def test_held_unresolved_clause_reads_for_any_count():
+    one = "var_opt on mnist1d (ratio 0.9968)"
+    assert cs.held_unresolved_text([one], 5) == (
+        "one of the 5 significant held-out verdicts, var_opt on mnist1d (ratio 0.9968), is closer to 1 than that and so is not resolved")
+    assert cs.held_unresolved_text([one], 1) == (
+        "the one significant held-out verdict, var_opt on mnist1d (ratio 0.9968), is closer to 1 than that and so is not resolved")
+    assert cs.held_unresolved_text(["a", "b"], 5) == "2 of the 5 significant held-out verdicts, a and b, are closer to 1 than that and so are not resolved"
+    assert cs.held_unresolved_text(["a", "b", "c"], 3) == (
+        "all 3 of the 3 significant held-out verdicts, a, b and c, are closer to 1 than that and so are not resolved")
+    assert cs.held_unresolved_text([], 5) == "none of the 5 significant held-out verdicts is closer to 1 than that"
+    assert cs.held_unresolved_text([], 1) == "the one significant held-out verdict is not closer to 1 than that"
+    assert cs.held_unresolved_text([], 0) == "no held-out verdict is significant"
+
+
+def test_speed_up_intervals_below_one_are_counted():
+    # chapter 7's 300-step FLOP speed-ups: both intervals end below 1
+    assert cs.resolved_text([E(0.801, 0.791, 0.83), E(0.975, 0.961, 0.997)]) == "interval above 1 in 0 of 2, below 1 in 2 of 2"
+    assert cs.resolved_text([E(1.2, 1.1, 1.3), E(0.9, 0.8, 0.95), E(1.0, 0.9, 1.1)]) == (
+        "interval above 1 in 1 of 3 (medians 1.20), below 1 in 1 of 3")
+    assert cs.resolved_text([E(0.9, 0.8, 1.0)]) == "interval above 1 in 0 of 1"  # an upper end at 1 is not below it
+
+
+def test_stability_sentence_carries_the_failure_test():
+    from fmstudy import stability
+
+    failed = {
+        ("uniform", 0.0): [0, 6, 10],
+        ("logit_normal(m=0)", 0.0): [2, 5, 10],
+        ("var_opt", 0.0): [0, 0, 3],
+        ("uniform", 1.0): [0, 0, 4],
+        ("logit_normal(m=0)", 1.0): [0, 0, 5],
+        ("var_opt", 1.0): [0, 0, 7],
+    }
+    t, s = stab_tables(failed)
+    # logit_normal at sigma 0, lr 0.1: 2 of 10 against 0 of 10; Fisher two-sided p = (45 + 45) / C(20, 2) = 90 / 190 = 0.47;
+    # var_opt at sigma 0, lr 0.3: 0 against 6 of 10, p = 2 C(10, 6) / C(20, 6) = 420 / 38760 = 0.0108, smallest of the 4 rows:
+    # Holm 4 x 0.0108 = 0.043, then 3 x 0.47 > 1: logit_normal's Holm p is 1
+    tests = stability.failure_tests(t)
+    assert tests.loc[("var_opt", 0.0), "p_holm"] == pytest.approx(4 * 420 / 38760)
+    assert cs.stability_sentence(t, s, [0.1, 0.3, 0.6], tests).startswith(
+        "at σ = 0: uniform first fails at lr 0.3 (6 of 10 seeds); failing at a lower rate than uniform: logit_normal at lr 0.1 "
+        "(2 of 10 seeds; against uniform's 0 of 10 there, Fisher p = 0.47, Holm p = 1: not distinguishable from uniform at 10 seeds); ")
+    # one sampler, 8 of 10 failing where uniform fails none: p = 2 C(10, 8) / C(20, 8) = 90 / 125970 = 0.00071, one row, Holm the same
+    t, s = stab_tables({("uniform", 0.0): [0, 6, 10], ("var_opt", 0.0): [8, 9, 10]})
+    t, s = t.droplevel("sigma"), s.droplevel("sigma")
+    assert cs.stability_sentence(t, s, [0.1, 0.3, 0.6], stability.failure_tests(t)).startswith(
+        "uniform first fails at lr 0.3 (6 of 10 seeds); failing at a lower rate than uniform: var_opt at lr 0.1 "
+        "(8 of 10 seeds; against uniform's 0 of 10 there, Fisher p = 0.00071, Holm p = 0.00071: more failures than uniform); ")

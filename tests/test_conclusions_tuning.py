@@ -87,3 +87,23 @@ def test_correlation_without_the_logit_normal_points():
     # too few left
     small = pvm[pvm["sampler"].isin(["logit_normal(reweight=True)", "var_opt"])]
     assert cs.correlation_text(small).endswith("; without the 2 points of logit_normal, too few points to correlate")
+
+
+def test_tuning_error_sentence_agrees_in_number():
+    factors = pd.Series({"loss_second_moment": 1.18, "arcsine(floor=0.05)": 1.15})
+    assert cc.tuning_error_sentence(tables(), cc.LOSS_BASED, factors) == (
+        "1 of the 2 significant rows (loss_second_moment at σ = 0: ratio 1.23 (95% CI 1.1 to 1.37), factor 1.18): "
+        "that verdict is within what the rule alone can cost")
+    # 2.0 lies in neither interval ([1.10, 1.37], [1.44, 1.70]): no verdict to qualify
+    assert cc.tuning_error_sentence(tables(), cc.LOSS_BASED, pd.Series({"loss_second_moment": 2.0})) == "0 of the 2 significant rows"
+    assert cc.tuning_error_sentence(tables(), cc.LOSS_BASED, {}) == "no cost factor for its samplers"
+
+
+def test_cost_factors_name_the_logit_normal_variant():
+    factors = pd.Series({"logit_normal(m=0.0, reweight=False)": 0.985, "logit_normal(m=0.0, reweight=True)": 0.985, "arcsine(reweight=True)": 1.15,
+                         "grad_norm": 0.99})
+    keep = ["logit_normal(m=0.0, reweight=True)", "arcsine(reweight=True)", "grad_norm"]
+    assert cc.factors_text(factors, keep) == "arcsine 1.15, grad_norm 0.99, logit_normal (reweighted) 0.985"
+    assert cc.factors_text(factors) == "arcsine 1.15, grad_norm 0.99, logit_normal (not reweighted) 0.985, logit_normal (reweighted) 0.985"
+    assert cc.factors_text(factors, ["nope"]) == "n/a"
+    assert cc.variant_name("logit_normal(m=1)", ["logit_normal(m=1)", "logit_normal(m=2)"]) == "logit_normal(m=1)"  # no reweight option: the label
