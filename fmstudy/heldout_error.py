@@ -20,8 +20,8 @@ is the factor by which the held-out set distorts the sampler's held-out ratio to
 (1 for the baseline itself; above 1: the set scores the sampler worse than its excess says),
 with a t-interval over the paired seeds. It bounds what a held-out ratio can resolve: one
 closer to 1 than the largest |log b| seen on the oracle benchmarks is not resolved by the
-held-out set, whatever its seed interval says. (b also carries the quadrature's own error,
-which is common to the runs in the same way.)
+held-out set, whatever its seed interval says. (b also carries the part of the quadrature's
+own error that differs between models: the quadrature is one fixed set of points as well.)
 """
 
 from __future__ import annotations

@@ -96,10 +96,10 @@ def within_tuning_error(tables: dict[float, pd.DataFrame], cost: pd.Series, base
     """The rows of chapter 5's tables (per sigma, ``report.against_baseline``) whose ratio to
     ``baseline`` the learning-rate rule's error could explain: with ``cost`` the rule's cost
     (``lr_tuning.rule_cost``, L.2; at least 1) per sampler, the comparison of s with the
-    baseline can be biased by a factor ``c = cost_s / cost_baseline`` (s judged worse by
-    c > 1, better by c < 1), so a ratio r on that side of 1 with ``|log r| <= |log c|`` is
-    within it. Returned as "s at σ = x (ratio r; cost ratio c)", in table order; rows
-    without a cost, or whose interval contains 1, are left out."""
+    baseline can be biased by a factor ``c = cost_s / cost_baseline``; the ratio corrected
+    for it, r / c, has an interval containing 1 exactly when c lies in the ratio's interval
+    [lo, hi] (chapter 9's test). Returned as "s at σ = x (ratio r; cost ratio c)", in table
+    order; rows without a cost, or whose interval already contains 1, are left out."""
     out = []
     if baseline not in cost.index:
         return out
@@ -110,6 +110,6 @@ def within_tuning_error(tables: dict[float, pd.DataFrame], cost: pd.Series, base
             if e.lo <= 1 <= e.hi:
                 continue
             c = float(cost[name]) / float(cost[baseline])
-            if (e.value > 1) == (c > 1) and abs(np.log(e.value)) <= abs(np.log(c)):
+            if e.lo <= c <= e.hi:
                 out.append(f"{name} at σ = {float(sigma):g} (ratio {e.value:.3g}; cost ratio {c:.3g})")
     return out

@@ -116,8 +116,8 @@ def quadrature_design(benchmark: str = "gmm8", sigma: float = 1.0, t_eps: float 
 def quadrature_text(nodes: int, draws: int) -> str:
     """What the integrated excess is computed on, and what that removes and does not, in words."""
     return (f"a fixed {nodes}-node Gauss-Legendre quadrature over t with {draws} draws of x_t per node ({nodes * draws:,} points, "
-            "the exact v* there): no target noise, and the same points for every run on a benchmark, so its own error (one set of "
-            "points, never replicated) is common to the runs compared and is not in the seed intervals")
+            "the exact v* there): no target noise, and the same points for every run on a benchmark; it is one set of points, "
+            "never replicated, so the part of its error that differs between two models is not measured and not in the seed intervals")
 
 
 def outlier_seed(ds: xr.Dataset | None, worst: tuple | None, others: Sequence[str] = ("var_opt",)) -> dict[str, Any] | None:

@@ -62,7 +62,9 @@ def test_within_tuning_error_names_ratios_the_rules_cost_could_explain():
     t = pd.DataFrame({"ratio": [Estimate(1.0, 1.0, 1.0, 10), Estimate(1.15, 1.05, 1.25, 10), Estimate(0.99, 0.985, 0.995, 10),
                                 Estimate(1.3, 1.2, 1.4, 10), Estimate(1.05, 0.95, 1.15, 10), Estimate(1.1, 1.05, 1.2, 10)]},
                      index=["uniform", "a", "b", "c", "d", "e"])
-    # a: worse by 1.15 <= 1.2/1.02 = 1.176 -> within; b: better by 0.99, cost ratio 1/1.02 = 0.980 -> within (|log .99| < |log .98|);
-    # c: worse by 1.3 > 1.1/1.02 = 1.078 -> not; d: interval contains 1 -> not listed; e: no cost -> not listed
-    assert within_tuning_error({0.0: t}, cost) == ["a at σ = 0 (ratio 1.15; cost ratio 1.18)", "b at σ = 0 (ratio 0.99; cost ratio 0.98)"]
+    # cost ratios c_s = cost_s / 1.02: a 1.176 in [1.05, 1.25] -> within; b 0.980 not in [0.985, 0.995] -> not;
+    # c 1.078 not in [1.2, 1.4] -> not; d: interval contains 1 -> not listed; e: no cost -> not listed
+    assert within_tuning_error({0.0: t}, cost) == ["a at σ = 0 (ratio 1.15; cost ratio 1.18)"]
+    b_wide = t.assign(ratio=[*t["ratio"][:2], Estimate(0.99, 0.97, 0.995, 10), *t["ratio"][3:]])
+    assert "b at σ = 0 (ratio 0.99; cost ratio 0.98)" in within_tuning_error({0.0: b_wide}, cost)  # 0.980 in [0.97, 0.995]
     assert within_tuning_error({0.0: t}, cost.drop("uniform")) == []
