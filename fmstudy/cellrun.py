@@ -57,6 +57,10 @@ def claim(results: Path, cid: str) -> Iterator[bool]:
     try:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.uname().nodename} {os.getpid()} {time.time():.0f}\n".encode())
+        # A run killed mid atomic_write leaves its temporary file (.<id>.nc.XXXX.tmp); with the
+        # cell's lock held no one else writes this cell's files, so any such file is stale.
+        for stale in path.parent.glob(f".{cid}.*.tmp"):
+            stale.unlink(missing_ok=True)
         yield True
     finally:
         path.unlink(missing_ok=True)

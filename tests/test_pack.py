@@ -233,3 +233,14 @@ def test_the_quick_profile_runs_ten_seeds_in_a_few_packs_and_smoke_stays_tiny():
     assert sorted(c.id for p in packs for c in p) == sorted(c.id for c in quick.cells)
     smoke = load_grid(ROOT / "papermill_params" / "smoke.yaml")
     assert max(len(c.params["seeds"]) for c in smoke.cells) <= 2 and max(c.params["steps"] for c in smoke.cells) <= 60
+
+
+def test_a_claim_removes_the_cells_stale_temporary_files_only(tmp_path):
+    from fmstudy.cellrun import claim
+
+    cells = tmp_path / "cells"
+    cells.mkdir()
+    stale, other = cells / ".abc.nc.x1y2.tmp", cells / ".def.nc.x3y4.tmp"
+    stale.write_text("half a file"), other.write_text("another cell's")
+    with claim(tmp_path, "abc") as mine:
+        assert mine and not stale.exists() and other.exists()
