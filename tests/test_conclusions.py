@@ -323,16 +323,19 @@ def stab_tables(failed: dict, lrs=(0.1, 0.3, 0.6)) -> tuple[pd.DataFrame, pd.Dat
     return t, summ.set_index(["sampler", "sigma"])
 
 
+# seeds failed of 10 per (sampler, sigma) at the swept rates 0.1, 0.3, 0.6: the stability tests' planted sweep
+FAILED = {
+    ("uniform", 0.0): [0, 6, 10],
+    ("logit_normal(m=0)", 0.0): [2, 5, 10],
+    ("var_opt", 0.0): [0, 0, 3],
+    ("uniform", 1.0): [0, 0, 4],
+    ("logit_normal(m=0)", 1.0): [0, 0, 5],
+    ("var_opt", 1.0): [0, 0, 7],
+}
+
+
 def test_stability_sentence_by_hand():
-    failed = {
-        ("uniform", 0.0): [0, 6, 10],
-        ("logit_normal(m=0)", 0.0): [2, 5, 10],
-        ("var_opt", 0.0): [0, 0, 3],
-        ("uniform", 1.0): [0, 0, 4],
-        ("logit_normal(m=0)", 1.0): [0, 0, 5],
-        ("var_opt", 1.0): [0, 0, 7],
-    }
-    t, s = stab_tables(failed)
+    t, s = stab_tables(FAILED)
     assert cs.stability_sentence(t, s, [0.6, 0.1, 0.3]) == (
         "at σ = 0: uniform first fails at lr 0.3 (6 of 10 seeds); failing at a lower rate than uniform: logit_normal at lr 0.1 "
         "(2 of 10 seeds); largest stable rates 0.1–0.3 (logit_normal: none); "
@@ -458,15 +461,7 @@ def test_speed_up_intervals_below_one_are_counted():
 def test_stability_sentence_carries_the_failure_test():
     from fmstudy import stability
 
-    failed = {
-        ("uniform", 0.0): [0, 6, 10],
-        ("logit_normal(m=0)", 0.0): [2, 5, 10],
-        ("var_opt", 0.0): [0, 0, 3],
-        ("uniform", 1.0): [0, 0, 4],
-        ("logit_normal(m=0)", 1.0): [0, 0, 5],
-        ("var_opt", 1.0): [0, 0, 7],
-    }
-    t, s = stab_tables(failed)
+    t, s = stab_tables(FAILED)
     # logit_normal at sigma 0, lr 0.1: 2 of 10 against 0 of 10; Fisher two-sided p = (45 + 45) / C(20, 2) = 90 / 190 = 0.47;
     # var_opt at sigma 0, lr 0.3: 0 against 6 of 10, p = 2 C(10, 6) / C(20, 6) = 420 / 38760 = 0.0108, smallest of the 4 rows:
     # Holm 4 x 0.0108 = 0.043, then 3 x 0.47 > 1: logit_normal's Holm p is 1
