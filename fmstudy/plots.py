@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 import xarray as xr
-from scipy import stats
+
+from .analysis import mean_estimate
 
 __all__ = [
     "LABELS",
@@ -123,15 +124,11 @@ def member_curves(ds: xr.Dataset, var: str, ax: plt.Axes | None = None, logy: bo
 
 
 def t_band(values: pd.Series, level: float = 0.95) -> tuple[float, float]:
-    """The Student-t interval of the mean of ``values`` (one per seed; A.2), the tables' own
-    interval, as a band's (lo, hi); the mean itself with fewer than 2 finite values."""
-    x = np.asarray(values, dtype=float)
-    x = x[np.isfinite(x)]
-    if x.size < 2:
-        m = float(x.mean()) if x.size else float("nan")
-        return m, m
-    half = float(stats.t.ppf((1 + level) / 2, x.size - 1)) * float(x.std(ddof=1)) / np.sqrt(x.size)
-    return float(x.mean()) - half, float(x.mean()) + half
+    """The Student-t interval of the mean of ``values`` (one per seed;
+    :func:`fmstudy.analysis.mean_estimate`, A.2), the tables' own interval, as a band's
+    (lo, hi); the mean itself with fewer than 2 finite values."""
+    e = mean_estimate(np.asarray(values, dtype=float))
+    return (e.lo, e.hi) if e.n >= 2 else (e.value, e.value)
 
 
 def band_curves(df: pd.DataFrame, x: str, y: str, hue: str, ax: plt.Axes | None = None, logy: bool = True) -> plt.Axes:
